@@ -1,4 +1,5 @@
 """setup.py for an nbdev 2 project: all metadata lives in settings.ini."""
+import glob
 import shlex
 from configparser import ConfigParser
 
@@ -52,6 +53,8 @@ setuptools.setup(
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
+    # the experiment notebooks travel with the package so `vfm-transfer reproduce` works after `pip install .`
+    data_files=[('share/vfm_transfer/experiments', sorted(glob.glob('nbs/experiments/*.ipynb')))],
     zip_safe=False,
     entry_points={
         'console_scripts': cfg.get('console_scripts', '').split(),

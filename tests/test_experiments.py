@@ -1,0 +1,107 @@
+"""Every experiment notebook runs under papermill with the micro profile and writes the metrics it promises.
+
+One `reproduce` run (module-scoped) serves all tests: the notebooks' statuses, their metrics.json, MANIFEST.json.
+"""
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from vfm_transfer.core import ConfigError, sha256_file
+from vfm_transfer.reproduce import list_experiments, reproduce, run_experiment
+
+NOTEBOOKS = ("transfer_limits", "alignment", "kd_approaches", "kd_compute", "kd_retrieval")
+NOTEBOOK_DIR = ROOT / "nbs" / "experiments"
+
+# metrics.json keys each notebook must write (the numbers its prose and the README quote)
+METRIC_KEYS = {
+    "transfer_limits": {"tasks", "inits", "test_main_metric", "gain", "epochs_to_95", "val_auc", "findings"},
+    "alignment": {"distances", "correlations", "findings"},
+    "kd_approaches": {"students", "labels_per_class", "accuracy", "segmentation_miou", "findings"},
+    "kd_compute": {"flops", "accuracy", "spearman_rho", "findings"},
+    "kd_retrieval": {"sizes", "accuracy", "transfer_sets", "findings"},
+}
+
+# tables each notebook saves, with their expected row counts given the micro profile
+def _expected_rows(name, m):
+    if name == "transfer_limits": return {"test_metrics": len(m["tasks"]) * len(m["inits"])}
+    if name == "alignment": return {"distances": len(m["distances"])}
+    return {}
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    out = tmp_path_factory.mktemp("figures")
+    records = reproduce("micro", out, only=list(NOTEBOOKS), notebooks=NOTEBOOK_DIR, echo=lambda *a: None)
+    return out, {r["notebook"]: r for r in records}
+
+
+def _finite(x, path="metrics"):
+    "Every number inside x (nested dicts/lists) is finite; returns the offending path or None."
+    if isinstance(x, bool) or x is None or isinstance(x, str): return None
+    if isinstance(x, (int, float)): return None if math.isfinite(x) else path
+    if isinstance(x, dict):
+        for k, v in x.items():
+            bad = _finite(v, f"{path}.{k}")
+            if bad: return bad
+    if isinstance(x, list):
+        for i, v in enumerate(x):
+            bad = _finite(v, f"{path}[{i}]")
+            if bad: return bad
+    return None
+
+
+def test_all_notebooks_listed():
+    assert set(NOTEBOOKS) <= set(list_experiments(NOTEBOOK_DIR))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_and_writes_metrics(micro, name):
+    out, recs = micro
+    rec = recs[name]
+    assert rec["status"] == "ok", f"{name} failed: {rec.get('error')}; executed notebook: {rec['executed']}"
+    m = json.loads((out / name / "metrics.json").read_text())
+    missing = METRIC_KEYS[name] - set(m)
+    assert not missing, f"{name}/metrics.json lacks {sorted(missing)}"
+    bad = _finite({k: m[k] for k in METRIC_KEYS[name]})
+    assert bad is None, f"{name}/metrics.json has a non-finite value at {bad}"
+    assert all(isinstance(v, bool) for v in m["findings"].values()), m["findings"]
+    for table, n in _expected_rows(name, m).items():
+        assert len(pd.read_csv(out / name / f"{table}.csv")) == n, table
+
+
+def test_manifest_lists_every_output_with_its_checksum(micro):
+    out, recs = micro
+    man = json.loads((out / "MANIFEST.json").read_text())
+    assert set(man["notebooks"]) >= set(NOTEBOOKS)
+    listed = {o["path"] for o in man["outputs"]}
+    for name in NOTEBOOKS:
+        if recs[name]["status"] != "ok": continue
+        on_disk = {f"{name}/{p.name}" for p in (out / name).iterdir()
+                   if p.suffix in {".png", ".pdf", ".csv", ".md", ".json"} and p.name != "outputs.json"}
+        assert on_disk and on_disk <= listed, f"{name}: not in MANIFEST.json: {sorted(on_disk - listed)}"
+        assert any(p.endswith(".png") for p in on_disk) and any(p.endswith(".csv") for p in on_disk), name
+    for o in man["outputs"]:
+        assert sha256_file(out / o["path"]) == o["sha256"], o["path"]
+        assert o["profile"] == "micro" and o["seed"] == 0
+
+
+def test_misspelled_parameter_is_refused_before_running(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['sed'\]"):
+        run_experiment("kd_compute", "micro", tmp_path, params={"sed": 1}, notebooks=NOTEBOOK_DIR)
+    assert not (tmp_path / "kd_compute" / "kd_compute.ipynb").exists()
+
+
+def test_same_seed_gives_identical_tables(micro, tmp_path, monkeypatch):
+    # a cold cache, so the rerun recomputes instead of reading the first run's artifacts
+    monkeypatch.setenv("VFM_TRANSFER_CACHE", str(tmp_path / "cache"))
+    out, recs = micro
+    name = "kd_compute"
+    rec = run_experiment(name, "micro", tmp_path / "again", notebooks=NOTEBOOK_DIR)
+    assert rec["status"] == "ok", rec.get("error")
+    first = sorted((out / name).glob("*.csv"))
+    assert first
+    for f in first:
+        assert (tmp_path / "again" / name / f.name).read_bytes() == f.read_bytes(), f.name
