@@ -1,0 +1,76 @@
+"""`finetune` under `torchrun --nproc_per_node=2` (gloo, CPU) matches one process with the same global batch."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from conftest import ROOT
+
+# 8 training items, global batch 4 (2 per rank), 4 validation items (2 per rank, gathered), no dropout.
+SCRIPT = r'''
+import json, sys
+from pathlib import Path
+import torch, torch.distributed as dist
+torch.set_num_threads(1)
+from vfm_transfer.core import set_seed, load_profile
+from vfm_transfer.data import make_task_dataset
+from vfm_transfer.encoders import build_encoder, encoder_config
+from vfm_transfer.heads import build_head
+from vfm_transfer.finetune import finetune, evaluate
+
+out = Path(sys.argv[1])
+p = load_profile("micro", n_train=8, n_val=4, n_test=4)
+train, val, test = (make_task_dataset("segmentation", s, p, seed=0) for s in ("train", "val", "test"))
+set_seed(0)
+enc = build_encoder(**encoder_config(p))
+head = build_head("segmentation", enc)
+h = finetune(enc, head, "segmentation", train, val, epochs=2, batch_size=4, lr=1e-3, ckpt_dir=out, device="cpu",
+             verbose=False)
+test_metrics = evaluate(enc, head, "segmentation", test, batch_size=2, device="cpu")
+rank = dist.get_rank() if dist.is_initialized() else 0
+if rank == 0:
+    torch.save({**{"enc." + k: v for k, v in enc.state_dict().items()},
+                **{"head." + k: v for k, v in head.state_dict().items()}}, out / "final.pt")
+    (out / "result.json").write_text(json.dumps(dict(rows=h.rows, test=test_metrics, world=h.meta["world_size"])))
+if dist.is_initialized(): dist.destroy_process_group()
+'''
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd):
+    env = {**os.environ, "VFM_TRANSFER_QUIET": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_ddp_two_cpu_processes_match_one_process(tmp_path):
+    script = tmp_path / "ddp_finetune.py"
+    script.write_text(SCRIPT)
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, str(script), str(one)])
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+          "--master_addr=127.0.0.1", str(script), str(two)])
+
+    r1, r2 = (json.loads((d / "result.json").read_text()) for d in (one, two))
+    assert (r1["world"], r2["world"]) == (1, 2)
+    assert len(r1["rows"]) == len(r2["rows"]) == 2
+    for a, b in zip(r1["rows"], r2["rows"]):
+        for k in ("train_loss", "dice", "dice_gland", "dice_lesion", "lr"):
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    for k in r1["test"]:
+        np.testing.assert_allclose(r2["test"][k], r1["test"][k], rtol=1e-4, atol=1e-5, err_msg=k)
+    w1, w2 = (torch.load(d / "final.pt", weights_only=True) for d in (one, two))
+    assert all(torch.allclose(w1[k], w2[k], rtol=1e-3, atol=1e-5) for k in w1)
+    # only rank 0 wrote: one checkpoint, no stray per-rank files
+    assert sorted(p.name for p in two.iterdir()) == ["final.pt", "last.pt", "result.json"]
