@@ -71,8 +71,8 @@ def matmul_rate(size: int = 4096, k: int = D + 2, repeats: int = 5) -> float:
     a, b = torch.randn(size, k), torch.randn(k, size)
     out = torch.empty(size, size)
     torch.mm(a, b, out=out)
-    best = min(timed(lambda: torch.mm(a, b, out=out), 1)[0] for _ in range(repeats))
-    return 2 * size * size * k / best / 1e9
+    med = timed(lambda: torch.mm(a, b, out=out), repeats)[0]  # median, as our own timings
+    return 2 * size * size * k / med / 1e9
 
 
 def kernel_entries(n: int, m: int, chunk: int) -> int:
@@ -162,6 +162,23 @@ elif which == "torchdrift":
         torch.manual_seed(0)
         t0 = time.perf_counter(); st, p = kernel_mmd(xt, yt, n_perm=P, kernel=kern); tp = time.perf_counter() - t0
         out.update(perm_n=P, perm_seconds=tp, perm_seconds_per_permutation=tp / P, perm_p=float(p))
+elif which == "values":
+    # value check on small float64 data with the same sigma: every library's own float64 path
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    try:
+        from alibi_detect.utils.pytorch.kernels import GaussianRBF
+        from alibi_detect.utils.pytorch.distance import mmd2
+        out["alibi-detect"] = float(mmd2(torch.from_numpy(x64), torch.from_numpy(y64), GaussianRBF(sigma=torch.tensor([sigma], dtype=torch.float64))))
+    except Exception as e: out["alibi-detect_error"] = repr(e)[:300]
+    try:
+        from torchdrift.detectors.mmd import kernel_mmd, GaussianKernel
+        out["torchdrift_raw"] = float(kernel_mmd(torch.from_numpy(x64), torch.from_numpy(y64), n_perm=None, kernel=GaussianKernel(lengthscale=sigma)))
+        out["torchdrift"] = out["torchdrift_raw"] - 1 / (n - 1) - 1 / (m - 1)
+    except Exception as e: out["torchdrift_error"] = repr(e)[:300]
+    try:
+        from hyppo.ksample import MMD
+        out["hyppo_raw_bias"] = float(MMD(compute_kernel="gaussian", bias=True, gamma=1 / (2 * sigma ** 2)).statistic(x64, y64))
+    except Exception as e: out["hyppo_error"] = repr(e)[:300]
 elif which == "hyppo":
     import hyppo
     from hyppo.ksample import MMD
@@ -216,7 +233,7 @@ def main():
     ap.add_argument("--one", type=int)
     ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 30_000, 100_000])
     ap.add_argument("--skip-peers", action="store_true")
-    ap.add_argument("--perm-peer-max-s", type=float, default=240, help="cap on a peer's permutation-test run")
+    ap.add_argument("--perm-peer-max-s", type=float, default=150, help="cap on a peer's permutation-test run")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "mmd.json"))
     a = ap.parse_args()
     if a.one:
@@ -289,6 +306,23 @@ def main():
                 out["loadavg_after"] = load()
                 peers[peer] = out
                 print(f"{peer}: {json.dumps({k: v for k, v in out.items() if k in ('seconds_statistic', 'value_unbiased', 'value_raw', 'perm_seconds_per_permutation', 'perm_n', 'error')})}", flush=True)
+        # value agreement on small float64 data (each library's float64 path, same sigma)
+        g = np.random.default_rng(5)
+        xs, ys = g.normal(size=(200, 16)), g.normal(0.3, 1, size=(150, 16))
+        sig_s = median_bandwidth(xs, ys)
+        with tempfile.TemporaryDirectory() as tmp:
+            np.save(f"{tmp}/x.npy", xs); np.save(f"{tmp}/y.npy", ys)
+            vals = run_peer("values", dict(x=f"{tmp}/x.npy", y=f"{tmp}/y.npy", sigma=sig_s), timeout=600)
+        ours_u, ours_b = mmd2(xs, ys, bandwidth=sig_s), mmd2(xs, ys, bandwidth=sig_s, estimator="biased")
+        check = dict(n=200, m=150, d=16, dtype="float64", sigma=sig_s, ours_unbiased=ours_u, ours_biased=ours_b, peers=vals)
+        for p in ("alibi-detect", "torchdrift"):
+            if p in vals: check[f"{p}_rel_diff_unbiased"] = abs(vals[p] - ours_u) / abs(ours_u)
+        if "hyppo_raw_bias" in vals:
+            # hyppo's MMD is its HSIC k-sample statistic (a normalised, correlation-type HSIC of the pooled data
+            # against the group labels) times 2 n^2 m^2/(n+m)^4; there is no constant conversion to MMD^2
+            check["hyppo_ratio_raw_over_ours_biased"] = vals["hyppo_raw_bias"] / ours_b
+        res["value_check_float64"] = check
+        print("value check:", json.dumps({k: v for k, v in check.items() if "rel_diff" in k or "ratio" in k}), flush=True)
         # value agreement and speed ratios
         for peer, out in peers.items():
             if "value_unbiased" in out:

@@ -76,7 +76,7 @@ def test_chunked_equals_direct_1e9():
 
 def test_median_heuristic_matches_pdist():
     rng = np.random.default_rng(5)
-    for n, m in ((10, 11), (100, 57)):
+    for n, m in ((10, 11), (100, 57), (3, 3), (2, 5)):  # even and odd numbers of pairs
         x, y = rng.normal(size=(n, 9)), rng.exponential(size=(m, 9))
         assert median_bandwidth(x, y) == pytest.approx(np.median(pdist(np.vstack([x, y]))), rel=1e-12)
     # subset above max_points: deterministic, and near the exact value

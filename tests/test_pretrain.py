@@ -85,7 +85,7 @@ def test_objectives_share_the_random_init():
     enc = P.pretrained_encoder("random", "micro", seed=5)
     mae = P.build_mae(enc)
     back = build_encoder(**enc.cfg)
-    back.load_state_dict(P.filter_mae(mae.state_dict(), enc.num_layers))
+    back.load_state_dict(P._mae_to_vit(mae, back))
     for k, v in enc.state_dict().items():
         assert torch.equal(v, back.state_dict()[k]), k
 
@@ -97,7 +97,7 @@ def test_mae_encoder_converts_exactly():
         for p in mae.parameters(): p.add_(0.05 * torch.randn_like(p))  # not the init any more
     mae.eval()
     enc = build_encoder("tiny", img_size=16, hidden_size=48, mlp_dim=96, num_layers=2, num_heads=2).eval()
-    enc.load_state_dict(P.filter_mae(mae.state_dict(), 2))
+    enc.load_state_dict(P._mae_to_vit(mae, enc))
     x = torch.randn(2, 3, 16, 16, 16)
     with torch.no_grad():
         # MONAI's MAE encoder with nothing masked: patch embedding, CLS, blocks (the last one is the final norm)

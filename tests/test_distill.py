@@ -1,0 +1,215 @@
+"""Reliability tests of vfm_transfer.distill: KD loss, teacher cache (exactness, crash safety, mismatches),
+distillation lowering the KD loss, bad inputs, and a micro run_kd end to end."""
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from conftest import ROOT  # noqa: F401  (the session fixture points the cache at a temp dir)
+from vfm_transfer.core import CheckpointError, ConfigError, DataError, set_seed
+from vfm_transfer.distill import (TeacherCache, build_student, build_teacher, count_flops, distill_features,
+                                  distill_task, evaluate_2d, kd_loss, make_view, run_kd, stage_flops)
+
+torch.set_num_threads(1)  # tiny models: one thread avoids oversubscribing the shared CPU
+
+
+class Images(Dataset):
+    "Random images with a class-dependent colour (a minimal stand-in for data.SyntheticImages2D)."
+    def __init__(self, n=24, size=16, n_classes=3, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, n_classes, (n,), generator=g)
+        self.images = torch.randn(n, 3, size, size, generator=g) * 0.5
+        for i, c in enumerate(self.labels.tolist()): self.images[i, c % 3] += 1
+        self.masks = (self.images.mean(1) > 0.3).long() * (self.labels[:, None, None] + 1)
+
+    def __len__(self): return len(self.labels)
+    def __getitem__(self, i): return {"image": self.images[i], "label": self.labels[i], "mask": self.masks[i]}
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    set_seed(0)
+    return build_teacher("vit_tiny", num_classes=3, img_size=16).eval()
+
+
+# --- KD loss -----------------------------------------------------------------------------------------------------
+
+def test_kd_loss_hand_computation():
+    s = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]])
+    t = torch.tensor([[0.0, 2.0, 0.0], [3.0, -1.0, 0.0]])
+    tau = 2.0
+    total = 0.0
+    for si, ti in zip(s.tolist(), t.tolist()):
+        ps = [math.exp(v / tau) for v in si]; ps = [v / sum(ps) for v in ps]
+        pt = [math.exp(v / tau) for v in ti]; pt = [v / sum(pt) for v in pt]
+        total += sum(b * (math.log(b) - math.log(a)) for a, b in zip(ps, pt))
+    assert kd_loss(s, t, tau).item() == pytest.approx(tau ** 2 * total / 2, rel=1e-6)
+
+
+def test_kd_loss_per_pixel_is_mean_over_pixels():
+    s, t = torch.randn(2, 4, 3, 5), torch.randn(2, 4, 3, 5)
+    per_pixel = [kd_loss(s[b:b + 1, :, i, j], t[b:b + 1, :, i, j], 1.5) for b in range(2) for i in range(3) for j in range(5)]
+    assert kd_loss(s, t, 1.5).item() == pytest.approx(torch.stack(per_pixel).mean().item(), rel=1e-5)
+
+
+def test_kd_loss_is_zero_iff_equal_and_positive_otherwise():
+    z = torch.randn(4, 5)
+    assert kd_loss(z, z).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_loss(z, z + torch.randn(4, 5)).item() > 0
+
+
+# --- teacher cache -----------------------------------------------------------------------------------------------
+
+def test_cache_returns_what_the_teacher_computes(teacher, tmp_path):
+    ds = Images(10)
+    c = TeacherCache(teacher, ds, n_views=3, aug_seed=7, root=tmp_path, batch_size=4, device="cpu")
+    for v in range(3):
+        x = torch.stack([make_view(ds[i]["image"], i, v, 7) for i in range(10)])
+        with torch.no_grad():
+            ref = teacher(x)
+        got = c.get(range(10), v)
+        assert got.dtype == torch.float32
+        # stored as float16: equal to the teacher's output rounded to float16
+        assert torch.equal(got, ref.half().float())
+        assert torch.equal(c.views(range(10), v), x)
+
+
+def test_cache_is_reused_not_rebuilt(teacher, tmp_path):
+    ds = Images(6)
+    c1 = TeacherCache(teacher, ds, n_views=2, root=tmp_path, device="cpu")
+    mtime = (c1.path / "outputs.npy").stat().st_mtime_ns
+    c2 = TeacherCache(teacher, ds, n_views=2, root=tmp_path, device="cpu")
+    assert c2.path == c1.path and c2.build_seconds == 0.0
+    assert (c2.path / "outputs.npy").stat().st_mtime_ns == mtime
+
+
+def test_cache_crash_mid_build_is_never_read_as_complete(teacher, tmp_path):
+    ds = Images(11)
+    with pytest.raises(RuntimeError, match="injected failure after 2 batches"):
+        TeacherCache(teacher, ds, n_views=2, aug_seed=1, root=tmp_path / "a", batch_size=3, device="cpu", _fail_after=2)
+    assert not list((tmp_path / "a").rglob("meta.json")), "a crashed build must not be marked complete"
+    assert not list((tmp_path / "a").rglob("outputs.npy"))
+    resumed = TeacherCache(teacher, ds, n_views=2, aug_seed=1, root=tmp_path / "a", batch_size=3, device="cpu")
+    fresh = TeacherCache(teacher, ds, n_views=2, aug_seed=1, root=tmp_path / "b", batch_size=3, device="cpu")
+    for v in range(2):
+        assert torch.equal(resumed.get(range(11), v), fresh.get(range(11), v))
+        assert torch.equal(resumed.views(range(11), v), fresh.views(range(11), v))
+    assert not list((tmp_path / "a").rglob("*.partial"))
+
+
+def test_cache_for_another_teacher_or_transfer_set_is_refused(teacher, tmp_path):
+    ds = Images(6)
+    c = TeacherCache(teacher, ds, n_views=1, root=tmp_path, device="cpu")
+    other = build_teacher("vit_tiny", num_classes=3, img_size=16)
+    with pytest.raises(CheckpointError, match="was built for teacher"):
+        c.check(other)
+    with pytest.raises(CheckpointError, match="was built for teacher"):
+        distill_task(other, build_student(num_classes=3, img_size=16), ds, cache=c, epochs=1, device="cpu")
+    with pytest.raises(DataError, match="was built for transfer set"):
+        c.check(teacher, Images(6, seed=5))
+    # a cache of another configuration lives in another folder
+    assert TeacherCache(teacher, ds, n_views=1, aug_seed=3, root=tmp_path, device="cpu").path != c.path
+
+
+# --- distillation ------------------------------------------------------------------------------------------------
+
+def test_distillation_lowers_kd_loss(teacher):
+    set_seed(0)
+    student = build_student("student_tiny", num_classes=3, img_size=16)
+    ds = Images(48, seed=2)
+    h = distill_task(teacher, student, ds, epochs=5, lr=3e-3, batch_size=16, n_views=2, device="cpu")
+    assert h["loss"][-1] < 0.7 * h["loss"][0], h["loss"]
+
+
+def test_cached_and_uncached_distillation_agree(teacher, tmp_path):
+    ds = Images(32, seed=3)
+    kw = dict(epochs=2, lr=1e-3, batch_size=16, n_views=2, seed=4, device="cpu")
+    set_seed(1); s1 = build_student(num_classes=3, img_size=16)
+    set_seed(1); s2 = build_student(num_classes=3, img_size=16)
+    h1 = distill_task(teacher, s1, ds, aug_seed=4, **kw)
+    c = TeacherCache(teacher, ds, n_views=2, aug_seed=4, root=tmp_path, device="cpu")
+    h2 = distill_task(teacher, s2, ds, cache=c, **kw)
+    assert np.allclose(h1["loss"], h2["loss"], rtol=1e-2), (h1["loss"], h2["loss"])
+
+
+def test_same_seed_same_numbers(teacher):
+    ds = Images(16, seed=3)
+    out = []
+    for _ in range(2):
+        set_seed(0); s = build_student(num_classes=3, img_size=16)
+        out.append(distill_task(teacher, s, ds, epochs=2, batch_size=8, seed=2, device="cpu")["loss"])
+    assert out[0] == out[1]
+
+
+def test_segmentation_distillation_runs_and_lowers_loss(tmp_path):
+    set_seed(0)
+    t = build_teacher("vit_tiny", num_classes=4, img_size=16, segmentation=True).eval()
+    s = build_student(num_classes=4, img_size=16, segmentation=True)
+    ds = Images(24, seed=1)
+    c = TeacherCache(t, ds, n_views=2, root=tmp_path, device="cpu")
+    assert c.get([0, 1], 0).shape == (2, 4, 16, 16)
+    h = distill_task(t, s, ds, task="segmentation", epochs=4, lr=3e-3, batch_size=8, cache=c, device="cpu")
+    assert h["loss"][-1] < h["loss"][0], h["loss"]
+    assert set(evaluate_2d(s, ds, device="cpu")) == {"miou", "pixel_accuracy"}
+
+
+@pytest.mark.parametrize("loss", ["cosine", "contrastive"])
+def test_feature_distillation_lowers_its_loss(teacher, loss):
+    set_seed(0)
+    h = distill_features(teacher, build_student(num_classes=3, img_size=16), Images(32, seed=2), loss=loss,
+                         epochs=4, lr=3e-3, batch_size=16, device="cpu")
+    assert h["loss"][-1] < h["loss"][0], h["loss"]
+
+
+# --- bad inputs --------------------------------------------------------------------------------------------------
+
+def test_bad_inputs(teacher, tmp_path):
+    s4 = build_student(num_classes=4, img_size=16)
+    with pytest.raises(ConfigError, match="teacher has 3 classes but student has 4"):
+        distill_task(teacher, s4, Images(4), device="cpu")
+    with pytest.raises(DataError, match="transfer_ds is empty"):
+        distill_task(teacher, build_student(num_classes=3, img_size=16), Images(0), device="cpu")
+    with pytest.raises(DataError, match="transfer_ds is empty"):
+        TeacherCache(teacher, Images(0), root=tmp_path)
+    with pytest.raises(ConfigError, match="unknown task"):
+        distill_task(teacher, build_student(num_classes=3, img_size=16), Images(4), task="depth")
+    with pytest.raises(ConfigError, match="temperature must be > 0"):
+        kd_loss(torch.zeros(1, 2), torch.zeros(1, 2), temperature=-1)
+    with pytest.raises(ConfigError, match="unknown student"):
+        build_student("resnet50")
+    with pytest.raises(ConfigError, match="unknown approach"):
+        run_kd("magic", profile="micro")
+
+
+# --- compute accounting ------------------------------------------------------------------------------------------
+
+def test_count_flops_linear_and_gradients_untouched():
+    lin = torch.nn.Linear(8, 4)
+    lin.weight.grad = torch.ones_like(lin.weight)
+    f = count_flops(lin, (5, 8))
+    assert f["forward"] == 2 * 5 * 8 * 4 and f["backward"] == f["forward"] and f["total"] == 2 * f["forward"]
+    assert torch.equal(lin.weight.grad, torch.ones_like(lin.weight)) and lin.bias.grad is None
+
+
+def test_stage_flops_cache_saves_teacher_compute():
+    tf, sf = {"forward": 100, "total": 300}, {"forward": 10, "total": 30}
+    cached = stage_flops(tf, sf, n_transfer=50, n_views=2, kd_epochs=10, cached=True)
+    online = stage_flops(tf, sf, n_transfer=50, n_views=2, kd_epochs=10, cached=False)
+    assert cached["teacher_outputs"] == 50 * 2 * 100 and online["teacher_outputs"] == 50 * 10 * 100
+    assert cached["student_distill"] == online["student_distill"] == 50 * 10 * 30
+
+
+# --- end to end --------------------------------------------------------------------------------------------------
+
+def test_run_kd_micro_end_to_end():
+    r = run_kd("task", "in_domain", labels_per_class=2, profile="micro", device="cpu")
+    assert 0.0 <= r["metric"] <= 1.0 and r["n_transfer"] == 48
+    assert r["flops"]["teacher_outputs"] > 0 and r["flops"]["student_distill"] > 0
+    assert len(r["kd_loss"]) == 2
+    again = run_kd("task", "in_domain", labels_per_class=2, profile="micro", device="cpu")
+    assert again["metric"] == r["metric"] and again["kd_loss"] == r["kd_loss"]
+    s = run_kd("scratch", labels_per_class=2, profile="micro", device="cpu")
+    assert s["flops"]["student_pretraining"] == 0 and s["kd_loss"] == []
