@@ -325,3 +325,20 @@ def test_image_folder(tmp_path):
         ds[bad]
     with pytest.raises(DataError, match="no class sub-folders"):
         (tmp_path / "empty").mkdir(); ImageFolderDataset(tmp_path / "empty")
+
+
+def test_manifest_without_masks_or_labels(manifest):
+    lines = Path(manifest).read_text().splitlines()
+    rows = [l.split(",") for l in lines]
+    Path(manifest).write_text("\n".join(",".join(r[:4]) + ",split" + ("" if i == 0 else ",train") if i == 0 else ",".join(r[:4]) + ",train"
+                                        for i, r in enumerate(rows)) + "\n")
+    p = MICRO.replace(manifest=str(manifest))
+    man = ProstateManifest(manifest, profile=MICRO)
+    assert man.labels.tolist() == [-1, -1, -1] and man[0]["has_masks"] is False
+    with pytest.raises(DataError, match="no gland/lesion masks"):
+        make_task_dataset("segmentation", "train", p)[0]
+    with pytest.raises(DataError, match="has no label"):
+        make_task_dataset("classification", "train", p)[0]
+    assert make_task_dataset("synthesis", "train", p)[0]["target"].shape == (1, *MICRO.vol_size)
+    with pytest.raises(DataError, match="no cases in split 'val'"):
+        make_task_dataset("synthesis", "val", p)

@@ -94,6 +94,23 @@ def test_profound_matches_reference(tmp_path, pos_embed_type):
     assert len(hidden) == DEPTH
 
 
+def test_profound_split_q_kv_variant_matches_reference():
+    "ProFound's CrossMAE-style ViT stores attn.q (d, d) and attn.kv (2d, d) instead of attn.qkv."
+    ckpt = _profound_ckpt(3)
+    split = {}
+    for k, v in ckpt["model"].items():
+        if k.endswith(("attn.qkv.weight", "attn.qkv.bias")):
+            split[k.replace(".qkv.", ".q.")], split[k.replace(".qkv.", ".kv.")] = v[:D], v[D:]
+        else:
+            split[k] = v
+    enc = build_encoder(**profound_encoder_config("tiny", img_size=IMG, patch_size=PATCH, hidden_size=D, mlp_dim=2 * D,
+                                                  num_layers=DEPTH, num_heads=HEADS))
+    rep = load_pretrained(enc, {"model": split}, format="profound_vit")
+    assert rep["missing"] == rep["unexpected"] == rep["mismatched"] == []
+    x = torch.randn(2, 3, *IMG)
+    torch.testing.assert_close(enc.eval()(x)[0], _profound_ref(ckpt["model"], x)[0], atol=1e-5, rtol=1e-4)
+
+
 def test_profound_wrong_size_lists_every_conflict():
     enc = ViTEncoder(3, 3, img_size=IMG, patch_size=PATCH, hidden_size=D, mlp_dim=2 * D, num_layers=1, num_heads=HEADS)
     before = {k: v.clone() for k, v in enc.state_dict().items()}

@@ -9,7 +9,8 @@ from vfm_transfer import pretrain as P
 from vfm_transfer.core import ConfigError, DataError
 from vfm_transfer.encoders import build_encoder, encoder_config
 
-CFG = encoder_config("micro")  # 16^3 volumes, 8^3 patches
+# the micro geometry (16^3 volumes, 8^3 patches) with a narrow ViT: fast on a shared CPU
+CFG = {**encoder_config("micro"), **dict(hidden_size=48, mlp_dim=96, num_layers=2, num_heads=2)}
 
 
 def _blobs(n, size=16, seed=0):
