@@ -330,8 +330,8 @@ def test_image_folder(tmp_path):
 def test_manifest_without_masks_or_labels(manifest):
     lines = Path(manifest).read_text().splitlines()
     rows = [l.split(",") for l in lines]
-    Path(manifest).write_text("\n".join(",".join(r[:4]) + ",split" + ("" if i == 0 else ",train") if i == 0 else ",".join(r[:4]) + ",train"
-                                        for i, r in enumerate(rows)) + "\n")
+    # keep case_id, t2w, dwi, adc; drop gland, lesion, label; put every case in the train split
+    Path(manifest).write_text("\n".join([",".join(rows[0][:4]) + ",split"] + [",".join(r[:4]) + ",train" for r in rows[1:]]) + "\n")
     p = MICRO.replace(manifest=str(manifest))
     man = ProstateManifest(manifest, profile=MICRO)
     assert man.labels.tolist() == [-1, -1, -1] and man[0]["has_masks"] is False
@@ -342,3 +342,20 @@ def test_manifest_without_masks_or_labels(manifest):
     assert make_task_dataset("synthesis", "train", p)[0]["target"].shape == (1, *MICRO.vol_size)
     with pytest.raises(DataError, match="no cases in split 'val'"):
         make_task_dataset("synthesis", "val", p)
+
+
+def test_manifest_reorients_to_ras(manifest):
+    # store every volume of one case flipped along x and y (LPS-like storage) with the matching affine:
+    # after Orientation("RAS") the case must come back exactly as the unflipped one
+    ref = _man(manifest)[1]
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    for col in ("t2w", "dwi", "adc", "gland", "lesion"):
+        f = Path(manifest).parent / f"syn0-00001_{col}.nii.gz"
+        a, aff = load_volume(f)
+        n = a.shape
+        flip[:2, 3] = [n[0] - 1, n[1] - 1]  # index i' = n - 1 - i
+        _replace_volume(manifest, "syn0-00001", col, a[::-1, ::-1].copy(), aff @ flip)
+    got = _man(manifest)[1]
+    assert torch.allclose(got["image"], ref["image"], atol=1e-4)
+    assert torch.equal(got["gland"], ref["gland"]) and torch.equal(got["lesion"], ref["lesion"])
+    assert torch.allclose(got["affine"], ref["affine"], atol=1e-4)

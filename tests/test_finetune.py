@@ -107,7 +107,7 @@ def test_bad_parameters_fail_before_training(tmp_path):
         (dict(head=build_head("classification", enc)), "does not fit task 'segmentation'"),
     ]
     small = build_encoder(**encoder_config(P), hidden_size=96, mlp_dim=96, num_heads=2)
-    bad.append((dict(head=build_head("segmentation", small)), "does not fit"))
+    bad.append((dict(head=build_head("segmentation", small)), "expects tokens (B, 8, 96)"))  # the head names the misfit
     for change, msg in bad:
         kw = dict(encoder=enc, head=head, task="segmentation", train_ds=train, val_ds=val, **ok)
         kw.update(change)
