@@ -14,7 +14,8 @@ What is measured (issue 7):
 Peers run in a separate venv (.venv-peers, numpy<2 for alibi-detect), built by benchmarks/peers_venv.sh on first
 use, and are called through subprocesses; a peer that fails to install or run is recorded with its reason.
 
-Usage: python benchmarks/mmd.py [--sizes 10000 30000 100000] [--skip-peers] [--perm-peer-max-s 240]
+Usage: python benchmarks/mmd.py [--sizes 10000 30000 100000] [--skip-peers] [--perm-peer-max-s 150]
+       python benchmarks/mmd.py --update-scaling --sizes 10000   (re-measure scaling points into the JSON)
        python benchmarks/mmd.py --one N   (internal: one scaling point, prints JSON)
 """
 from __future__ import annotations
@@ -250,11 +251,18 @@ def main():
     ap.add_argument("--one", type=int)
     ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 30_000, 100_000])
     ap.add_argument("--skip-peers", action="store_true")
+    ap.add_argument("--update-scaling", action="store_true", help="re-run only --sizes into the existing --out file")
     ap.add_argument("--perm-peer-max-s", type=float, default=150, help="cap on a peer's permutation-test run")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "mmd.json"))
     a = ap.parse_args()
     if a.one:
         print("JSON" + json.dumps(one_size(a.one)))
+        return
+    if a.update_scaling:  # re-measure only the scaling points of an existing results file
+        res = json.loads(Path(a.out).read_text())
+        res.setdefault("scaling_reruns", []).append(dict(sizes=a.sizes, loadavg_start=load()))
+        scale(res, a.sizes, a.out)
+        finish(res, a.out)
         return
     res = dict(machine=dict(platform=platform.platform(), cpu_count=os.cpu_count(), torch=torch.__version__,
                             numpy=np.__version__, torch_threads=torch.get_num_threads(), loadavg_start=load(),
@@ -371,17 +379,27 @@ def main():
             res["permutation_n2000"]["speedup_per_permutation_vs_alibi"] = peers["alibi-detect"]["perm_seconds_per_permutation"] / (t_perm / 1000)
     atomic_write_json(a.out, res)  # partial results survive a long scaling run
     # -- 3. scaling, one fresh process per size
-    scaling = []
-    for size in a.sizes:
+    res["scaling"] = []
+    scale(res, a.sizes, a.out)
+    finish(res, a.out)
+
+
+def scale(res: dict, sizes, out: str):
+    "Run each scaling point in a fresh process; replace any earlier point of the same size; save after each."
+    for size in sizes:
         print(f"scaling n=m={size} ...", flush=True)
         r = subprocess.run([sys.executable, __file__, "--one", str(size)], capture_output=True, text=True)
         line = [ln for ln in r.stdout.splitlines() if ln.startswith("JSON")]
         point = json.loads(line[-1][4:]) if line else dict(n=size, error=r.stderr[-600:])
-        scaling.append(point)
+        res["scaling"] = sorted([p for p in res.get("scaling", []) if p["n"] != size] + [point], key=lambda p: p["n"])
         print(json.dumps({k: point.get(k) for k in ("n", "seconds_statistic", "peak_rss_gib", "peak_rss_minus_data_gib",
                                                    "fraction_of_matmul_rate", "error")}), flush=True)
-        res["scaling"] = scaling
-        atomic_write_json(a.out, res)
+        atomic_write_json(out, res)
+
+
+def finish(res: dict, out: str):
+    "Targets summary and the GPU note; save."
+    scaling = res.get("scaling", [])
     res["gpu"] = dict(skipped="no GPU lent to this task; the n = 1,000,000 per side GPU run was not done")
     res["targets"] = dict(
         statistic_2x_faster_than_fastest_peer=res["statistic_n2000"].get("speedup_vs_fastest_peer"),
@@ -390,7 +408,7 @@ def main():
         peak_rss_gib_at_100k=next((p.get("peak_rss_gib") for p in scaling if p["n"] == 100_000), None),
         peak_rss_minus_input_gib_at_100k=next((p.get("peak_rss_minus_data_gib") for p in scaling if p["n"] == 100_000), None))
     res["machine"]["loadavg_end"] = load()
-    atomic_write_json(a.out, res)
+    atomic_write_json(out, res)
     print(json.dumps(res["targets"], indent=1))
 
 

@@ -1,6 +1,7 @@
 """Pretraining cost at a profile's budget: wall seconds of `pretrain_mae` and `pretrain_contrastive` on the
 profile's unlabeled pool (data.unlabeled_dataset when the data module exists, else random volumes of the same
-shape), on this machine's CPU, cache disabled. Prints and saves benchmarks/results/pretrain_tiny.json.
+shape), on this machine's CPU, cache disabled. Wall seconds on a shared CPU are inflated by other load (the JSON
+records the load average); with 1 thread the process's CPU seconds approximate the wall time on an idle core. Prints and saves benchmarks/results/pretrain_tiny.json.
 
     .venv/bin/python benchmarks/pretrain_tiny.py                  # tiny profile, 1 torch thread
     .venv/bin/python benchmarks/pretrain_tiny.py --profile micro --threads 2 --out /tmp/p.json
@@ -42,15 +43,16 @@ def main():
         ds = [{"image": torch.randn(3, *p.img_size, generator=g)} for _ in range(p.n_unlabeled)]
         source = "random volumes (data module not available)"
     cfg = encoder_config(p)
-    res = dict(profile=a.profile, n_unlabeled=len(ds), img_size=list(p.img_size), epochs=epochs,
+    res = dict(load_avg_1min_at_start=os.getloadavg()[0], cpu_count=os.cpu_count(), profile=a.profile, n_unlabeled=len(ds), img_size=list(p.img_size), epochs=epochs,
                batch_size=p.batch_size, threads=a.threads, data=source, cpu=platform.processor() or platform.machine(),
                torch=torch.__version__)
     for name, fn, kw in (("mae", pretrain_mae, dict(mask_ratio=p.mask_ratio)), ("contrastive", pretrain_contrastive, {})):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         r = fn(cfg, ds, epochs=epochs, lr=p.pretrain_lr, batch_size=p.batch_size, device="cpu", cache=False, **kw)
-        sec = time.perf_counter() - t
-        res[name] = dict(seconds=round(sec, 2), first_loss=r.losses[0], last_loss=r.losses[-1])
-        print(f"{name}: {sec:.1f} s for {epochs} epochs, loss {r.losses[0]:.4f} -> {r.losses[-1]:.4f}", flush=True)
+        sec, cpu = time.perf_counter() - t, time.process_time() - c
+        res[name] = dict(seconds=round(sec, 2), cpu_seconds=round(cpu, 2), first_loss=r.losses[0], last_loss=r.losses[-1])
+        print(f"{name}: {sec:.1f} s wall, {cpu:.1f} s CPU for {epochs} epochs, loss {r.losses[0]:.4f} -> {r.losses[-1]:.4f}",
+              flush=True)
     atomic_write_json(a.out, res)
     print("saved", a.out)
 
