@@ -46,21 +46,28 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _run(cmd):
-    env = {**os.environ, "VFM_TRANSFER_QUIET": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+def _start(cmd):
+    env = {**os.environ, "VFM_TRANSFER_QUIET": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(proc):
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-5000:]
 
 
 def test_ddp_two_cpu_processes_match_one_process(tmp_path):
     script = tmp_path / "ddp_finetune.py"
     script.write_text(SCRIPT)
     one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, str(script), str(one)])
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-          "--master_addr=127.0.0.1", str(script), str(two)])
+    single = _start([sys.executable, str(script), str(one)])  # both at once: the runs are independent
+    ddp = _start([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+                  "--master_addr=127.0.0.1", str(script), str(two)])
+    _wait(single)
+    _wait(ddp)
 
     r1, r2 = (json.loads((d / "result.json").read_text()) for d in (one, two))
     assert (r1["world"], r2["world"]) == (1, 2)

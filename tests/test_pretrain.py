@@ -39,13 +39,29 @@ def pool():
         return _blobs(8)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # the CPU is shared: two OpenMP threads per process fighting other jobs is ~10x slower than one
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("fn", [P.pretrain_mae, P.pretrain_contrastive], ids=["mae", "contrastive"])
-def test_loss_falls_and_rerun_is_exact(fn, pool):
-    kw = dict(epochs=10, lr=1e-3, batch_size=2, seed=0, device="cpu")
-    r = fn(CFG, pool, **kw)
-    assert len(r.losses) == 10 and not r.cached and r.path.exists()
-    first, last = sum(r.losses[:3]) / 3, sum(r.losses[-3:]) / 3
+def test_loss_falls(fn, pool):
+    r = fn(CFG, pool, epochs=20, lr=1e-3, batch_size=4, seed=0, device="cpu")  # 40 steps
+    assert len(r.losses) == 20 and not r.cached and r.path.exists()
+    first, last = sum(r.losses[:4]) / 4, sum(r.losses[-4:]) / 4
     assert last < 0.9 * first, r.losses
+    if fn is P.pretrain_contrastive:  # below the chance level log(2B - 1) of a collapsed representation
+        assert last < 0.95 * torch.log(torch.tensor(7.0)).item(), r.losses
+
+
+@pytest.mark.parametrize("fn", [P.pretrain_mae, P.pretrain_contrastive], ids=["mae", "contrastive"])
+def test_rerun_is_exact(fn, pool):
+    kw = dict(epochs=3, lr=1e-3, batch_size=2, seed=0, device="cpu")
+    r = fn(CFG, pool, **kw)
     again = fn(CFG, pool, cache=False, **kw)  # retrains from scratch with the same seed
     assert not again.cached and again.losses == r.losses
     for k, v in r.encoder.state_dict().items():
