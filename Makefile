@@ -34,11 +34,12 @@ check-export: install
 	  || { echo "error: vfm_transfer/ differs from what nbs/ exports; run nbdev_export and commit"; exit 1; }
 
 nbtest: install
-	VFM_TRANSFER_QUIET=1 $(BIN)/nbdev_test --path nbs --n_workers 2 --timing
+	@# two notebooks run at once on two cores: one thread each avoids oversubscription
+	OMP_NUM_THREADS=1 VFM_TRANSFER_QUIET=1 $(BIN)/nbdev_test --path nbs --n_workers 2 --timing
 
 pytest: install
 	@# pytest exits 5 when it collects no tests: not a failure of the code; any other non-zero exit is.
-	VFM_TRANSFER_QUIET=1 $(BIN)/python -m pytest tests -q -p no:cacheprovider; rc=$$?; \
+	OMP_NUM_THREADS=1 VFM_TRANSFER_QUIET=1 $(BIN)/python -m pytest tests -q -p no:cacheprovider; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): not a failure"; exit 0; fi; exit $$rc
 
 # nbdev_readme needs quarto, which cannot be installed from PyPI here; nbconvert renders the same page.
