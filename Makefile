@@ -22,7 +22,7 @@ $(STAMP): settings.ini setup.py
 	touch $(STAMP)
 
 reproduce: install
-	$(BIN)/vfm-transfer reproduce --profile $(PROFILE) --out figures
+	$(BIN)/vfm-transfer reproduce --profile $(PROFILE) --out figures --jobs 2
 
 test: install check-export nbtest pytest
 
