@@ -213,3 +213,25 @@ def test_run_kd_micro_end_to_end():
     assert again["metric"] == r["metric"] and again["kd_loss"] == r["kd_loss"]
     s = run_kd("scratch", labels_per_class=2, profile="micro", device="cpu")
     assert s["flops"]["student_pretraining"] == 0 and s["kd_loss"] == []
+
+
+# --- the in-run teacher: input normalisation stored with the weights ------------------------------------------
+
+def test_pretrained_teacher_caches_weights_and_input_statistics(tmp_path):
+    from vfm_transfer.distill import InputNorm, kd_datasets, pool_stats, pretrained_teacher
+    from vfm_transfer.core import load_profile
+    p = load_profile("micro")
+    enc, info = pretrained_teacher(p, device="cpu", root=tmp_path)
+    assert isinstance(enc, InputNorm) and info["n_pretrain"] == p.transfer_size + p.gallery_size
+    data = kd_datasets(p, 0)
+    mean, std = pool_stats(torch.utils.data.ConcatDataset([data["generic"], data["gallery"]]))
+    assert torch.allclose(enc.mean.flatten(), mean) and torch.allclose(enc.std.flatten(), std)
+    assert 0.0 <= info["target_val_accuracy"] <= 1.0 and len(info["pretrain_loss"]) == p.teacher_pretrain_epochs
+    again, info2 = pretrained_teacher(p, device="cpu", root=tmp_path)  # read from the cache, statistics included
+    sd1, sd2 = enc.state_dict(), again.state_dict()
+    assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    assert info2["pretrain_loss"] == info["pretrain_loss"]
+    x = torch.rand(2, 3, p.img2d_size, p.img2d_size)
+    assert torch.equal(enc.forward_features(x)[0], enc.encoder.forward_features((x - enc.mean) / enc.std)[0])
+    with pytest.raises(ConfigError, match="unknown pool 'web'"):
+        pretrained_teacher(p, pool="web", root=tmp_path)
