@@ -13,8 +13,6 @@ from vfm_transfer.core import CheckpointError, ConfigError, DataError, load_prof
 from vfm_transfer.distill import (TeacherCache, build_student, build_teacher, count_flops, distill_features,
                                   distill_task, evaluate_2d, kd_loss, make_view, run_kd, stage_flops)
 
-torch.set_num_threads(1)  # tiny models: one thread avoids oversubscribing the shared CPU
-
 
 class Images(Dataset):
     "Random images with a class-dependent colour (a minimal stand-in for data.SyntheticImages2D)."

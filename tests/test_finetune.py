@@ -15,15 +15,6 @@ from vfm_transfer.heads import build_head
 P = load_profile("micro")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # micro models are too small to gain from threads; on a shared, loaded machine extra threads only spin
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _data(task, n_train=4, n_val=2):
     p = P.replace(n_train=n_train, n_val=n_val)
     return make_task_dataset(task, "train", p, seed=0), make_task_dataset(task, "val", p, seed=0)

@@ -25,15 +25,6 @@ HEADS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # the CPU is shared: two OpenMP threads per process fighting other jobs is ~10x slower than one
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("enc_name", list(ENCODERS))
 @pytest.mark.parametrize("head_name", list(HEADS))
 def test_head_shapes_and_backward(head_name, enc_name):

@@ -39,15 +39,6 @@ def pool():
         return _blobs(8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # the CPU is shared: two OpenMP threads per process fighting other jobs is ~10x slower than one
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("fn", [P.pretrain_mae, P.pretrain_contrastive], ids=["mae", "contrastive"])
 def test_loss_falls(fn, pool):
     r = fn(CFG, pool, epochs=20, lr=1e-3, batch_size=4, seed=0, device="cpu")  # 40 steps
