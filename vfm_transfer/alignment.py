@@ -332,7 +332,7 @@ def feature_distances(source, # run directory with <task>/<init>/features.pt, or
                       estimator: str = "unbiased", # as in `mmd2`
                       permutations: int = 0, # > 0: add permutation p-values with this many permutations
                       seed: int = 0, # seed of the permutation tests
-                      scratch: str = "scratch", # name of the from-scratch init used for D2S
+                      scratch: str = "scratch", # the from-scratch init used for D2S (`<scratch>_<init>` first, if it ran)
                      ) -> pd.DataFrame:
     "Table of D2P, D2R, D2S and CKA(after, before) per (model = init, task)."
     check_choice(estimator, ESTIMATORS, "estimator")
@@ -349,12 +349,14 @@ def feature_distances(source, # run directory with <task>/<init>/features.pt, or
         row = dict(model=init, task=task, n=len(f["after"]))
         row["D2P"], row["p_D2P"] = dist(f["after"], f["before"], (f"{tag} after", f"{tag} before"))
         row["D2R"], row["p_D2R"] = dist(f["after"], f["random"], (f"{tag} after", f"{tag} random"))
-        ref = feats.get((scratch, task))
-        if init == scratch: row["D2S"], row["p_D2S"], row["note"] = float("nan"), float("nan"), "is the scratch run"
+        ref_name = f"{scratch}_{init}" if (f"{scratch}_{init}", task) in feats else scratch
+        ref = feats.get((ref_name, task))
+        if init == scratch or init.startswith(f"{scratch}_"):
+            row["D2S"], row["p_D2S"], row["note"] = float("nan"), float("nan"), "is a scratch run"
         elif ref is None:
             row["D2S"], row["p_D2S"], row["note"] = float("nan"), float("nan"), f"no '{scratch}' run for task {task}: D2S undefined"
         else:
-            row["D2S"], row["p_D2S"] = dist(f["after"], ref["after"], (f"{tag} after", f"{task}/{scratch} after"))
+            row["D2S"], row["p_D2S"] = dist(f["after"], ref["after"], (f"{tag} after", f"{task}/{ref_name} after"))
             row["note"] = ""
         row["CKA"] = linear_cka(f["after"], f["before"])
         rows.append(row)

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['DEVICES', 'PROFILES', 'VFMTransferError', 'ConfigError', 'DataError', 'CheckpointError', 'check_choice', 'set_seed',
-           'get_device', 'Profile', 'load_profile', 'config_hash', 'cache_root', 'cache_dir', 'atomic_write',
-           'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'sha256_file', 'save_figure', 'save_table',
-           'save_metrics', 'git_commit', 'progress', 'Timer']
+__all__ = ['DEVICES', 'PROFILES', 'FINGERPRINTED', 'VFMTransferError', 'ConfigError', 'DataError', 'CheckpointError',
+           'check_choice', 'set_seed', 'get_device', 'Profile', 'load_profile', 'config_hash', 'cache_root',
+           'cache_dir', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'sha256_file',
+           'save_figure', 'save_table', 'save_metrics', 'git_commit', 'progress', 'Timer', 'run_key']
 
 # %% ../nbs/00_core.ipynb #36fdaf72
 class VFMTransferError(Exception):
@@ -89,6 +89,8 @@ _BASE = dict(
     # encoder (a preset of encoders.build_encoder, with per-profile overrides)
     encoder="tiny", img_size=(32, 32, 32), patch_size=(8, 8, 8),
     head_feature_size=8,  # channels of the UNETR-style decoders at full resolution (they dominate CPU time)
+    # the contrastive model's 2.5-D architecture when a ProViCNet checkpoint is given (a provicnet preset, slice patch)
+    provicnet_size="tiny", provicnet_patch=8,
     # pretraining (same budget for MAE and contrastive)
     pretrain_epochs=8, pretrain_lr=1e-3, mask_ratio=0.75,
     # fine-tuning
@@ -116,13 +118,16 @@ PROFILES: dict[str, dict] = {
         img_size=(64, 64, 64), patch_size=(16, 16, 16), head_feature_size=16, pretrain_epochs=50, finetune_epochs=30, batch_size=8,
         img2d_size=64, n_classes_2d=10, n_test_2d=1000, transfer_size=20000, gallery_size=100000,
         teacher="vit_small", students=("fastvit_t8", "mobilevitv2_050"), kd_epochs=30, teacher_pretrain_epochs=50,
-        retrieval_sizes=(1, 3, 7, 15), amp=True, num_workers=4)},
+        retrieval_sizes=(1, 3, 7, 15), amp=True, num_workers=4, provicnet_size="small", provicnet_patch=16)},
     "paper": {**_BASE, **dict(
         vol_size=(64, 256, 256), n_train=None, n_val=None, n_test=None, n_unlabeled=None, encoder="base",
         img_size=(64, 256, 256), patch_size=(16, 32, 32), head_feature_size=16, pretrain_epochs=0, finetune_epochs=100, batch_size=4,
         lr=1e-4, layer_decay=0.75, img2d_size=224, n_classes_2d=None, labels_per_class=(5, 10, 25),
         teacher="vit_large_dinov2", students=("fastvit_t8", "mobilevitv2_050"), kd_epochs=200,
-        retrieval_sizes=(1, 3, 7, 15, 31), amp=True, num_workers=8)},
+        retrieval_sizes=(1, 3, 7, 15, 31), amp=True, num_workers=8,
+        # ProViCNet's ViT-S/14; its 14-px patch kernel is resampled to 16 px (timm's checkpoint filter) so slices of
+        # 256 px form a whole grid. Set provicnet_patch=14 with a vol_size divisible by 14 to keep the original kernel.
+        provicnet_size="small", provicnet_patch=16)},
 }
 
 # %% ../nbs/00_core.ipynb #03c0ae3e
@@ -319,3 +324,19 @@ class Timer:
     "Context manager measuring wall seconds in `.seconds`."
     def __enter__(self): self.t0 = time.perf_counter(); return self
     def __exit__(self, *a): self.seconds = time.perf_counter() - self.t0
+
+# %% ../nbs/00_core.ipynb #eeedeae4
+FINGERPRINTED = ("manifest", "profound_ckpt", "provicnet_ckpt", "dinov2_ckpt")
+
+def run_key(profile: Mapping, # a `Profile`
+            seed: int, # the experiment's seed
+           ) -> dict:
+    "The cache key of an experiment's runs: the profile, the seed and the sha256 of the files its paths name."
+    files = {}
+    for k in FINGERPRINTED:
+        if not profile.get(k): continue
+        path = Path(profile[k]).expanduser()
+        if path.is_file(): files[k] = sha256_file(path)
+        elif path.is_dir(): files[k] = {f.name: sha256_file(f) for f in sorted(path.iterdir()) if f.is_file()}
+        else: raise ConfigError(f"{k} not found: {path}")
+    return {**profile, "seed": int(seed), **({"files": files} if files else {})}

@@ -5,6 +5,7 @@
 # %% ../nbs/01_data.ipynb #c47aad2e
 from __future__ import annotations
 
+import collections
 import csv
 import functools
 import math
@@ -645,13 +646,38 @@ def _load_case(self: ProstateManifest, i: int) -> dict:
                 label=torch.tensor(row["label"], dtype=torch.int64), affine=torch.from_numpy(affine), stats=stats,
                 case_id=cid, has_masks=all(c in vols for c in MASK_COLUMNS))
 
+class _CaseMemo:
+    "Process-wide store of preprocessed cases, bounded in bytes (least recently used out first)."
+    def __init__(self): self.items, self.nbytes = collections.OrderedDict(), 0
+    @property
+    def limit(self) -> int: return int(float(os.environ.get("VFM_TRANSFER_CASE_MEMO_MB", "1024")) * 2**20)
+    def get(self, key):
+        if key in self.items: self.items.move_to_end(key); return self.items[key][0]
+    def put(self, key, case: dict):
+        size = sum(v.numel() * v.element_size() for v in case.values() if isinstance(v, torch.Tensor))
+        if size > self.limit: return
+        self.items[key] = (case, size); self.nbytes += size
+        while self.nbytes > self.limit: self.nbytes -= self.items.popitem(last=False)[1][1]
+
+_CASE_MEMO = _CaseMemo()
+
+def _case_key(self: ProstateManifest, i: int) -> tuple:
+    # a file changed on disk (size or mtime) is a new key, so the memo never serves stale voxels
+    row = self.rows[i]
+    files = tuple((c, str(fp.resolve()), fp.stat().st_mtime_ns, fp.stat().st_size) for c, fp in sorted(row["files"].items()))
+    return (files, row["label"], self.size, self.spacing)
+
 def _manifest_getitem(self: ProstateManifest, i: int) -> dict:
     if i < 0: i += len(self)
     if not 0 <= i < len(self): raise IndexError(f"case {i} out of range for {len(self)} cases")
     if i in self._cache: return self._cache[i]
-    c = _load_case(self, i)
+    key = _case_key(self, i)
+    c = _CASE_MEMO.get(key)
+    if c is None:
+        c = _load_case(self, i)
+        _CASE_MEMO.put(key, c)
     if self.cache: self._cache[i] = c
-    return c
+    return dict(c)  # a shallow copy: callers may add keys without touching the memo
 
 ProstateManifest.__getitem__ = _manifest_getitem
 

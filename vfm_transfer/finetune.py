@@ -29,7 +29,8 @@ from .core import (CheckpointError, ConfigError, atomic_torch_save, atomic_write
 # %% auto #0
 __all__ = ['MODES', 'RESTORATION_LOSSES', 'LOWER_IS_BETTER', 'INITS', 'FINETUNE_OPTIONS', 'task_spec', 'TaskModel', 'task_loss',
            'sample_metrics', 'reduce_metrics', 'higher_is_better', 'History', 'param_groups', 'warmup_cosine',
-           'load_checkpoint', 'finetune', 'evaluate', 'build_specialised', 'run_finetune']
+           'load_checkpoint', 'finetune', 'evaluate', 'build_specialised', 'run_finetune', 'transfer_inits',
+           'scratch_reference', 'gain', 'gain_table']
 
 # %% ../nbs/05_finetune.ipynb #68fd52f2
 MODES = ("full", "frozen", "scratch")
@@ -542,7 +543,7 @@ def build_specialised(task: str, # one of data.TASKS
                 strides=(2,) * (len(channels) - 1), num_res_units=1)
 
 # %% ../nbs/05_finetune.ipynb #c7c7752d
-INITS = ("mae", "contrastive", "scratch", "specialised")
+INITS = ("mae", "contrastive", "scratch", "specialised", "scratch_contrastive")
 FINETUNE_OPTIONS = ("mode", "epochs", "lr", "layer_decay", "batch_size", "amp", "warmup_epochs", "weight_decay",
                     "grad_clip", "loss", "num_workers", "verbose")
 _FROM_PROFILE = dict(epochs="finetune_epochs", lr="lr", layer_decay="layer_decay", batch_size="batch_size", amp="amp",
@@ -569,6 +570,8 @@ def _split_overrides(profile, overrides: Mapping) -> tuple[Any, dict]:
     return p, ft
 
 # %% ../nbs/05_finetune.ipynb #2a4df0ec
+_ARCH_OF = {"mae": "mae", "contrastive": "contrastive", "scratch": "random", "scratch_contrastive": "contrastive"}
+
 def _build_for_run(task: str, init: str, p, seed: int):
     "(encoder or model, head, random-init encoder or None) for `run_finetune`."
     if init == "specialised":
@@ -576,12 +579,13 @@ def _build_for_run(task: str, init: str, p, seed: int):
         return build_specialised(task), None, None
     from vfm_transfer.encoders import build_encoder, encoder_config
     from vfm_transfer.heads import build_head
+    from vfm_transfer.pretrain import init_encoder_config, pretrained_encoder
     set_seed(seed)
-    random_enc = build_encoder(**encoder_config(p))
+    # the random reference has the architecture of the model it is compared with (ProViCNet's for a ProViCNet checkpoint)
+    random_enc = build_encoder(**init_encoder_config(_ARCH_OF.get(init, "random"), p))
     if init in ("mae", "contrastive"):
-        from vfm_transfer.pretrain import pretrained_encoder
         enc = pretrained_encoder(init, profile=p, seed=seed)
-    elif init == "scratch":
+    elif init in ("scratch", "scratch_contrastive"):
         enc = copy.deepcopy(random_enc)
     else:
         from vfm_transfer.encoders import load_pretrained
@@ -606,7 +610,7 @@ def run_finetune(task: str, # one of data.TASKS
     if init not in INITS and not Path(init).is_file():
         raise ConfigError(f"unknown init {init!r}; expected one of {list(INITS)} or an existing checkpoint file")
     p, ft = _split_overrides(profile, overrides)
-    ft.setdefault("mode", "scratch" if init == "scratch" else "full")
+    ft.setdefault("mode", "scratch" if init.startswith("scratch") and init in INITS else "full")
     if init == "specialised": ft["layer_decay"] = None
     _check_options(task, **ft)
     init_key = init if init in INITS else {"path": str(Path(init).resolve()), "sha256": sha256_file(init)}
@@ -634,3 +638,42 @@ def run_finetune(task: str, # one of data.TASKS
                               run_dir / "features.pt")
         atomic_write_json(test_path, test)
     return history
+
+# %% ../nbs/05_finetune.ipynb #f30a8092
+def transfer_inits(profile: str | Mapping = "tiny", # a profile name or a `core.Profile`
+                  ) -> tuple[str, ...]:
+    "The inits the transfer-limits experiment runs: both VFMs, scratch, specialised, and a contrastive-architecture scratch if it differs."
+    from vfm_transfer.pretrain import init_encoder_config
+    p = load_profile(profile) if isinstance(profile, str) else load_profile(profile)
+    extra = ("scratch_contrastive",) if init_encoder_config("contrastive", p) != init_encoder_config("random", p) else ()
+    return ("mae", "contrastive", "scratch", "specialised") + extra
+
+def scratch_reference(model: str, # an init, e.g. "contrastive"
+                      inits, # the inits that ran
+                     ) -> str:
+    "The from-scratch run `model` is compared with: `scratch_<model>` when it ran, else `scratch`."
+    return f"scratch_{model}" if f"scratch_{model}" in set(inits) else "scratch"
+
+def gain(value: float, # the model's test metric
+         reference: float, # the scratch model's test metric
+         higher_is_better: bool = True,
+        ) -> float:
+    "Relative improvement over `reference` in %, sign flipped for lower-is-better metrics; NaN when `reference` is 0."
+    if reference == 0 or not np.isfinite(reference): return float("nan")
+    return 100.0 * (1.0 if higher_is_better else -1.0) * (value - reference) / abs(reference)
+
+def gain_table(histories: Mapping, # {(task, init): History} with the test metrics in `meta["test"]`
+              ):
+    "One row per (task, model): main metric, test value, its scratch reference and the gain over it (%)."
+    import pandas as pd
+    inits = {i for _, i in histories}
+    rows = []
+    for (task, init), h in histories.items():
+        spec = task_spec(task)
+        metric, ref = spec["main_metric"], scratch_reference(init, inits)
+        value = h.meta["test"][metric]
+        ref_value = histories[task, ref].meta["test"][metric] if (task, ref) in histories else float("nan")
+        rows.append(dict(task=task, model=init, main_metric=metric, test_value=value, reference=ref,
+                         scratch_value=ref_value,
+                         gain_pct=0.0 if init == ref else gain(value, ref_value, spec["higher_is_better"])))
+    return pd.DataFrame(rows)

@@ -21,11 +21,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from .core import (ConfigError, DataError, atomic_torch_save, cache_dir, check_choice, get_device,
                                load_profile, progress, set_seed)
-from .encoders import ViTEncoder, build_encoder, encoder_config, filter_mae
+from .encoders import (PROVICNET_SEQUENCES, ViTEncoder, build_encoder, encoder_config, filter_mae,
+                                   load_pretrained, profound_encoder_config)
 
 # %% auto #0
 __all__ = ['INITS', 'dataset_key', 'patchify', 'masked_patch_loss', 'build_mae', 'contrastive_augment', 'info_nce',
-           'PretrainResult', 'pretrain_mae', 'ContrastiveModel', 'pretrain_contrastive', 'pretrained_encoder']
+           'PretrainResult', 'pretrain_mae', 'ContrastiveModel', 'pretrain_contrastive', 'init_encoder_config',
+           'checkpoint_encoder', 'pretrained_encoder']
 
 # %% ../nbs/03_pretrain.ipynb #6e8fb7e2
 def _image(item) -> torch.Tensor:
@@ -320,21 +322,63 @@ def pretrain_contrastive(encoder_cfg: Mapping, # `build_encoder` kwargs (e.g. `e
 # %% ../nbs/03_pretrain.ipynb #5da43887
 INITS = ("mae", "contrastive", "random")
 
+def init_encoder_config(init: str, # "mae" | "contrastive" | "random"
+                        profile: str | Mapping = "tiny", # a profile name or a `core.Profile`
+                       ) -> dict:
+    "`build_encoder` kwargs of the encoder behind `init`: the checkpoint's architecture if the profile names one."
+    check_choice(init, INITS, "init")
+    p = load_profile(profile) if isinstance(profile, str) else load_profile(profile)
+    if init == "contrastive" and p.get("provicnet_ckpt"):
+        return dict(arch="provicnet", size=p.provicnet_size, img_size=tuple(p.img_size), patch_size=int(p.provicnet_patch),
+                    in_channels=3)
+    if init != "contrastive" and p.get("profound_ckpt"):
+        return profound_encoder_config(p.encoder, img_size=tuple(p.img_size), patch_size=tuple(p.patch_size))
+    return encoder_config(p)
+
+def _provicnet_source(path: Path):
+    "A ProViCNet checkpoint file, or {sequence: file} from a folder of per-sequence checkpoints."
+    if path.is_file(): return path
+    found = {s: sorted(f for f in path.iterdir() if f.is_file() and f.name.lower().startswith(s)) for s in PROVICNET_SEQUENCES}
+    bad = {s: [f.name for f in fs] for s, fs in found.items() if len(fs) != 1}
+    if bad:
+        raise ConfigError(f"provicnet_ckpt folder {path}: expected exactly one checkpoint file per sequence "
+                          f"{list(PROVICNET_SEQUENCES)} (named t2*, dwi*, adc*); found {bad}")
+    return {s: fs[0] for s, fs in found.items()}
+
+def checkpoint_encoder(init: str, # "mae" (profound_ckpt) | "contrastive" (provicnet_ckpt)
+                       profile: str | Mapping, # a profile naming the checkpoint
+                      ) -> nn.Module:
+    "The encoder of `init` with the profile's real checkpoint loaded strictly."
+    p = load_profile(profile) if isinstance(profile, str) else load_profile(profile)
+    field = {"mae": "profound_ckpt", "contrastive": "provicnet_ckpt"}.get(init)
+    if field is None or not p.get(field):
+        raise ConfigError(f"init {init!r}: the profile names no checkpoint for it (profound_ckpt for 'mae', "
+                          "provicnet_ckpt for 'contrastive')")
+    path = Path(p[field]).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{field} not found: {path} (a papermill parameter or $VFM_TRANSFER_{field.upper()})")
+    enc = build_encoder(**init_encoder_config(init, p))
+    src = path if init == "mae" else _provicnet_source(path)
+    load_pretrained(enc, src, format="profound_vit" if init == "mae" else "provicnet", strict=True)
+    return enc
+
 def pretrained_encoder(init: str = "mae", # "mae" | "contrastive" | "random"
                        profile: str | Mapping = "tiny", # a profile name or a `core.Profile`
                        seed: int = 0, # seeds the unlabeled pool, the init and the pretraining
                        device: str = "auto", # where pretraining runs (the encoder is returned on CPU)
-                      ) -> ViTEncoder:
-    "The profile's encoder at `init`: pretrained (through the cache) with MAE or contrastive, or random."
+                      ) -> nn.Module:
+    "The profile's encoder at `init`: its real checkpoint, pretrained in-run (cached) with MAE or contrastive, or random."
     check_choice(init, INITS, "init")
     p = load_profile(profile) if isinstance(profile, str) else load_profile(profile)
-    cfg = encoder_config(p)
+    cfg = init_encoder_config(init, p)
     if init == "random":
         set_seed(seed)
         return build_encoder(**cfg)
+    if p.get({"mae": "profound_ckpt", "contrastive": "provicnet_ckpt"}[init]): return checkpoint_encoder(init, p)
     if not p.pretrain_epochs or p.pretrain_epochs < 1:
-        raise ConfigError(f"profile {p.get('name')!r} has pretrain_epochs={p.pretrain_epochs}: it uses real "
-                          "checkpoints (encoders.load_pretrained), not in-run pretraining")
+        field = "profound_ckpt" if init == "mae" else "provicnet_ckpt"
+        raise ConfigError(f"profile {p.get('name')!r} has pretrain_epochs={p.pretrain_epochs}: it uses real checkpoints, "
+                          f"not in-run pretraining; set {field} (a papermill parameter or $VFM_TRANSFER_{field.upper()})")
     from vfm_transfer.data import unlabeled_dataset
     ds = unlabeled_dataset(p, seed=seed)
     kw = dict(epochs=p.pretrain_epochs, lr=p.pretrain_lr, batch_size=p.batch_size, seed=seed, device=device,

@@ -1,0 +1,121 @@
+"""The `paper` path at micro sizes: real-format checkpoints (ProFound, per-sequence ProViCNet) and a NIfTI manifest
+routed through `pretrained_encoder`, `run_finetune` and the transfer-limits notebooks.
+
+The checkpoints are written from random encoders in the sources' own key naming, so a load that drops, renames or
+reshapes any weight changes the forward pass and fails here.
+"""
+import json
+import re
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT
+from vfm_transfer.core import CheckpointError, ConfigError, load_profile
+from vfm_transfer.data import write_synthetic_manifest
+from vfm_transfer.encoders import build_encoder
+from vfm_transfer.finetune import run_finetune, transfer_inits
+from vfm_transfer.pretrain import init_encoder_config, pretrained_encoder
+from vfm_transfer.reproduce import reproduce
+
+_TO_TIMM = [(r"^patch_embedding\.patch_embeddings\.", "patch_embed.proj."), (r"\.attn\.out_proj\.", ".attn.proj."),
+            (r"\.mlp\.linear1\.", ".mlp.fc1."), (r"\.mlp\.linear2\.", ".mlp.fc2.")]
+
+
+def _write_profound(enc, path):
+    "ProFound's layout: {'model': timm-named MAE weights with a CLS row in pos_embed and decoder keys}."
+    sd = {}
+    for k, v in enc.state_dict().items():
+        if ".norm_cross_attn." in k: continue
+        for a, b in _TO_TIMM: k = re.sub(a, b, k)
+        sd[k] = v.clone()
+    pos = sd.pop("patch_embedding.position_embeddings")
+    cls_row = torch.randn(1, 1, pos.shape[-1]) * 0.02
+    sd["pos_embed"] = torch.cat([cls_row, pos], 1)
+    sd["cls_token"] = sd["cls_token"] - cls_row  # ProFound adds the CLS row to the CLS token
+    sd["mask_token"], sd["decoder_embed.weight"] = torch.zeros(1, 1, 8), torch.zeros(8, pos.shape[-1])
+    torch.save({"model": sd, "epoch": 1}, path)
+
+
+def _write_provicnet(enc, folder):
+    "ProViCNet's layout: one plain state dict per sequence, `backbone.*` + `axis_pos`/`axis_max` + a segmentation head."
+    folder.mkdir()
+    for seq in enc.sequences:
+        sd = {}
+        for k, v in enc.backbones[seq].state_dict().items():
+            sd[f"backbone.{k[len('vit.'):]}" if k.startswith("vit.") else k] = v.clone()
+        sd["head.segmentation_conv.1.weight"] = torch.zeros(4, enc.backbones[seq].embed_dim, 3, 3)
+        torch.save(sd, folder / f"{seq}_fold0.pth")
+
+
+@pytest.fixture(scope="module")
+def paper_like(tmp_path_factory):
+    d = tmp_path_factory.mktemp("paper_like")
+    micro = load_profile("micro")
+    manifest = write_synthetic_manifest(d / "nifti", n=16, size=micro.vol_size, seed=0)
+    torch.manual_seed(1)
+    profound = build_encoder(**init_encoder_config("mae", micro.replace(profound_ckpt="x")))
+    _write_profound(profound, d / "profound.pth")
+    torch.manual_seed(2)
+    provicnet = build_encoder(**init_encoder_config("contrastive", micro.replace(provicnet_ckpt="x")))
+    _write_provicnet(provicnet, d / "provicnet")
+    params = dict(manifest=str(manifest), profound_ckpt=str(d / "profound.pth"), provicnet_ckpt=str(d / "provicnet"))
+    return d, params, profound.eval(), provicnet.eval()
+
+
+def test_checkpoints_load_exactly(paper_like):
+    d, params, profound, provicnet = paper_like
+    p = load_profile("micro", **params)
+    x = torch.randn(2, 3, *p.img_size)
+    mae, con = pretrained_encoder("mae", p).eval(), pretrained_encoder("contrastive", p).eval()
+    assert type(con).__name__ == "ProViCNetEncoder" and con.sequences == ("t2", "dwi", "adc")
+    with torch.no_grad():
+        torch.testing.assert_close(mae(x)[0], profound(x)[0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(con(x)[0], provicnet(x)[0], rtol=0, atol=1e-5)
+    assert transfer_inits(p) == ("mae", "contrastive", "scratch", "specialised", "scratch_contrastive")
+
+
+def test_wrong_checkpoints_are_named(paper_like, tmp_path):
+    d, params, *_ = paper_like
+    small = load_profile("micro", encoder="small", profound_ckpt=params["profound_ckpt"])
+    with pytest.raises(CheckpointError, match="profound.pth"):
+        pretrained_encoder("mae", small)
+    (tmp_path / "t2_a.pth").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"one checkpoint file per sequence.*'dwi': \[\]"):
+        pretrained_encoder("contrastive", load_profile("micro", provicnet_ckpt=str(tmp_path)))
+
+
+def test_run_finetune_uses_the_checkpoint_architectures(paper_like, tmp_path):
+    d, params, _, provicnet = paper_like
+    p = load_profile("micro", **params)
+    h = run_finetune("classification", "contrastive", p, run_dir=tmp_path / "c", verbose=False)
+    assert h.meta["test"]["auc"] == h.meta["test"]["auc"]  # finite
+    f = torch.load(tmp_path / "c" / "features.pt", weights_only=True)
+    assert f["before"].shape[1] == provicnet.embed_dim
+    # the random reference is ProViCNet's architecture at random init, not the checkpoint
+    assert not torch.allclose(f["random"], f["before"])
+    run_finetune("classification", "scratch_contrastive", p, run_dir=tmp_path / "s", verbose=False)
+    s = torch.load(tmp_path / "s" / "features.pt", weights_only=True)
+    torch.testing.assert_close(s["before"], f["random"])  # same architecture, same seeded init
+
+
+def test_transfer_limits_and_alignment_with_checkpoints(paper_like, tmp_path, monkeypatch):
+    d, params, *_ = paper_like
+    monkeypatch.setenv("VFM_TRANSFER_CACHE", str(tmp_path / "cache"))
+    recs = reproduce("micro", tmp_path / "out", only=["transfer_limits", "alignment"], params=params,
+                     notebooks=ROOT / "nbs" / "experiments", echo=lambda *a: None)
+    for r in recs:
+        assert r["status"] == "ok", f"{r['notebook']} failed: {r.get('error')}; executed notebook: {r['executed']}"
+    m = json.loads((tmp_path / "out" / "transfer_limits" / "metrics.json").read_text())
+    assert m["inits"] == ["mae", "contrastive", "scratch", "specialised", "scratch_contrastive"]
+    t = pd.read_csv(tmp_path / "out" / "transfer_limits" / "test_metrics.csv")
+    assert len(t) == 5 * 5
+    assert set(t[t.model == "contrastive"].reference) == {"scratch_contrastive"}
+    assert set(t[t.model == "mae"].reference) == {"scratch"}
+    dist = pd.read_csv(tmp_path / "out" / "alignment" / "distances.csv")
+    con = dist[dist.model == "contrastive"]
+    assert len(con) == 5 and con.D2S.notna().all()
+    # the executed notebook says which data it ran on (a manifest is the user's real data)
+    nb = (tmp_path / "out" / "transfer_limits" / "transfer_limits.ipynb").read_text()
+    assert "micro-profile real data" in nb
