@@ -233,3 +233,24 @@ def test_pretrained_teacher_caches_weights_and_input_statistics(tmp_path):
     assert torch.equal(enc.forward_features(x)[0], enc.encoder.forward_features((x - enc.mean) / enc.std)[0])
     with pytest.raises(ConfigError, match="unknown pool 'web'"):
         pretrained_teacher(p, pool="web", root=tmp_path)
+
+
+def test_teacher_checkpoints_are_epochs_of_one_run(tmp_path):
+    from vfm_transfer.core import load_profile
+    from vfm_transfer.distill import pretrained_teacher, teacher_checkpoints
+    p = load_profile("micro", teacher_pretrain_epochs=4)
+    assert teacher_checkpoints(4) == [1, 2, 4] and teacher_checkpoints(1) == [1]
+    # asking for an intermediate checkpoint first trains the whole run once and keeps its checkpoints
+    e1, i1 = pretrained_teacher(p, device="cpu", root=tmp_path, at_epoch=1)
+    files = sorted(f.name for f in next((tmp_path / "teacher").iterdir()).iterdir() if f.suffix == ".pt")
+    assert files == ["backbone.pt", "backbone_epoch1.pt", "backbone_epoch2.pt"]
+    final, info = pretrained_teacher(p, device="cpu", root=tmp_path)
+    e2, i2 = pretrained_teacher(p, device="cpu", root=tmp_path, at_epoch=2)
+    assert (i1["epochs"], i2["epochs"], info["epochs"]) == (1, 2, 4)
+    w = lambda m: m.state_dict()["encoder.vit.blocks.0.attn.qkv.weight"]
+    assert not torch.equal(w(e1), w(final)) and not torch.equal(w(e2), w(final)) and not torch.equal(w(e1), w(e2))
+    # the epoch-1 weights are those of the 4-epoch run (same schedule), not of a separate 1-epoch run
+    short, _ = pretrained_teacher(p.replace(teacher_pretrain_epochs=1), device="cpu", root=tmp_path)
+    assert not torch.equal(w(short), w(e1))
+    with pytest.raises(ConfigError, match=r"keeps checkpoints at epochs \[1, 2, 4\]"):
+        pretrained_teacher(p, device="cpu", root=tmp_path, at_epoch=3)

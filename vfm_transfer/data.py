@@ -30,7 +30,7 @@ __all__ = ['CHANNELS', 'CS_RADIUS', 'CS_CONTRAST', 'FOV_MM', 'TASKS', 'TASK_SPEC
            'generate_case', 'SyntheticProstate', 'through_plane_degrade', 'epi_displacement', 'apply_displacement',
            'TaskDataset', 'make_task_dataset', 'unlabeled_dataset', 'render_2d', 'SyntheticImages2D',
            'make_kd_datasets', 'load_volume', 'save_volume', 'ProstateManifest', 'write_synthetic_manifest',
-           'ImageFolderDataset']
+           'ImageFolderDataset', 'image_folder_kd_datasets']
 
 # %% ../nbs/01_data.ipynb #60faf93f
 CHANNELS = ("t2w", "dwi", "adc")  # ProFound's channel order
@@ -474,8 +474,10 @@ def make_kd_datasets(profile: str | Profile = "tiny", # img2d_size, n_classes_2d
     "The pools of the 2-D distillation experiments: labeled {k: ds}, val, test, in_domain, generic, gallery, n_classes."
     from torch.utils.data import Subset
     p = _as_profile(profile)
+    if p.get("image_root"): return image_folder_kd_datasets(p, seed, segmentation)  # real images (defined below)
     C, size = p.n_classes_2d, p.img2d_size
-    if not C: raise ConfigError(f"profile {p.get('name')!r} has no n_classes_2d: the synthetic 2-D data needs it")
+    if not C: raise ConfigError(f"profile {p.get('name')!r} has no n_classes_2d: the synthetic 2-D data needs it, "
+                                "or set image_root (and gallery_root) to use image folders")
     ks = sorted(int(k) for k in p.labels_per_class)
     n_val = max(2 * C, int(p.n_test_2d) // 2)
     sizes = dict(labeled=ks[-1] * C, val=n_val, test=int(p.n_test_2d), in_domain=int(p.transfer_size))
@@ -728,17 +730,21 @@ def write_synthetic_manifest(out_dir: str | Path, # folder for the NIfTI files a
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 class ImageFolderDataset(Dataset):
-    "Images in `root/<class>/<file>`: items {image (3,H,W) float32 in [0,1], label int64, path str}."
+    "Images in `root/<class>/<file>` (or any images under `root` with `labeled=False`): items {image (3,H,W) float32 in [0,1], label int64, path str}."
     def __init__(self,
                  root: str | Path, # the folder holding one sub-folder per class
                  size: int | None = None, # resize to size x size (bilinear); None keeps each image's size
+                 labeled: bool = True, # False: every image under `root`, at any depth, with label -1 (a gallery)
                 ):
         self.root, self.size = Path(root), size
         if not self.root.is_dir(): raise DataError(f"image folder not found: {self.root}")
-        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not self.classes: raise DataError(f"image folder {self.root} has no class sub-folders; expected root/<class>/<image>")
-        self.samples = [(p, k) for k, c in enumerate(self.classes) for p in sorted((self.root / c).rglob("*"))
-                        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        is_image = lambda p: p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
+        if labeled:
+            self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if not self.classes: raise DataError(f"image folder {self.root} has no class sub-folders; expected root/<class>/<image>")
+            self.samples = [(p, k) for k, c in enumerate(self.classes) for p in sorted((self.root / c).rglob("*")) if is_image(p)]
+        else:
+            self.classes, self.samples = [], [(p, -1) for p in sorted(self.root.rglob("*")) if is_image(p)]
         if not self.samples: raise DataError(f"image folder {self.root} has no images ({', '.join(IMAGE_SUFFIXES)})")
         self.labels = torch.tensor([k for _, k in self.samples])
 
@@ -755,3 +761,58 @@ class ImageFolderDataset(Dataset):
         except Exception as e:
             raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
         return dict(image=torch.from_numpy(arr.transpose(2, 0, 1).copy()), label=torch.tensor(label), path=str(path))
+
+# %% ../nbs/01_data.ipynb #97b5f249
+def _stratified(labels: torch.Tensor, fractions: Sequence[float], seed: int) -> list[list[int]]:
+    "Indices split per class by `fractions` (seeded), so each part keeps the class balance."
+    parts = [[] for _ in fractions]
+    rng = np.random.default_rng([int(seed), 23])
+    for c in labels.unique().tolist():
+        idx = rng.permutation(np.flatnonzero(labels.numpy() == c))
+        cuts = np.round(np.cumsum(fractions)[:-1] * len(idx)).astype(int)
+        for part, chunk in zip(parts, np.split(idx, cuts)): part.extend(chunk.tolist())
+    return [sorted(p) for p in parts]
+
+def image_folder_kd_datasets(profile: str | Profile, # image_root, gallery_root, img2d_size, labels_per_class, transfer_size
+                             seed: int = 0, # fixes the splits, the k-shot sets and the generic subset
+                             segmentation: bool = False, # not available from image folders
+                            ) -> dict:
+    "`make_kd_datasets`' pools from an image folder (`image_root`) and a gallery folder (`gallery_root`)."
+    from torch.utils.data import Subset
+    p = _as_profile(profile)
+    if segmentation:
+        raise ConfigError("image folders carry no masks: the segmentation distillation task runs on synthetic data only")
+    if not p.get("gallery_root"):
+        raise ConfigError("image_root needs gallery_root too: the generic and retrieved transfer sets come from the gallery")
+    root, size = Path(p.image_root).expanduser(), int(p.img2d_size)
+    if not root.is_dir(): raise DataError(f"image_root not found: {root}")
+    sub = {s: root / s for s in ("train", "val", "test", "unlabeled") if (root / s).is_dir()}
+    if "train" in sub and "test" in sub:
+        train, test = ImageFolderDataset(sub["train"], size), ImageFolderDataset(sub["test"], size)
+        if test.classes != train.classes:
+            raise DataError(f"image_root {root}: test classes {test.classes} differ from train classes {train.classes}")
+        val = ImageFolderDataset(sub["val"], size) if "val" in sub else None
+        if val is not None and val.classes != train.classes:
+            raise DataError(f"image_root {root}: val classes {val.classes} differ from train classes {train.classes}")
+        if val is None:
+            tr, va = _stratified(train.labels, (0.8, 0.2), seed)
+            train, val = Subset(train, tr), Subset(train, va)
+    else:
+        full = ImageFolderDataset(root, size)
+        tr, va, te = _stratified(full.labels, (0.6, 0.2, 0.2), seed)
+        train, val, test = Subset(full, tr), Subset(full, va), Subset(full, te)
+    base = train.dataset if isinstance(train, Subset) else train
+    train_idx = list(train.indices) if isinstance(train, Subset) else list(range(len(base)))
+    labels = base.labels[train_idx]
+    C, ks = len(base.classes), sorted(int(k) for k in p.labels_per_class)
+    rng = np.random.default_rng([int(seed), 29])
+    order = {c: rng.permutation(np.flatnonzero(labels.numpy() == c)).tolist() for c in range(C)}
+    short = {base.classes[c]: len(o) for c, o in order.items() if len(o) < ks[-1]}
+    if short: raise DataError(f"image_root {root}: classes with fewer training images than {ks[-1]} per class: {short}")
+    labeled = {k: Subset(base, sorted(train_idx[j] for c in range(C) for j in order[c][:k])) for k in ks}
+    in_domain = ImageFolderDataset(sub["unlabeled"], size, labeled=False) if "unlabeled" in sub else train
+    gallery = ImageFolderDataset(Path(p.gallery_root).expanduser(), size, labeled=False)
+    n_gen = min(int(p.transfer_size), len(gallery))
+    generic = Subset(gallery, sorted(np.random.default_rng([int(seed), 31]).choice(len(gallery), n_gen, replace=False).tolist()))
+    return dict(labeled=labeled, val=val, test=test, in_domain=in_domain, generic=generic, gallery=gallery,
+                n_classes=C, classes=list(base.classes))

@@ -31,7 +31,7 @@ __all__ = ['TASKS_2D', 'STUDENTS', 'TEACHER_ARCH', 'OUTPUTS', 'FEATURE_LOSSES', 
            'teacher_from_backbone', 'build_teacher', 'InputNorm', 'kd_loss', 'view_params', 'make_view', 'state_sha',
            'dataset_key', 'TeacherCache', 'train_supervised', 'evaluate_2d', 'finetune_teacher', 'finetune_student',
            'distill_task', 'feature_loss', 'distill_features', 'count_flops', 'stage_flops', 'kd_datasets',
-           'pool_stats', 'pretrained_teacher', 'labeled_epochs', 'run_kd']
+           'pool_stats', 'teacher_checkpoints', 'pretrained_teacher', 'labeled_epochs', 'run_kd']
 
 # %% ../nbs/07_distill.ipynb #a1ccd662
 TASKS_2D = {"classification", "segmentation"}
@@ -444,6 +444,7 @@ def train_supervised(model: TaskModel, # teacher or student with its head
                      crop_scale: tuple[float, float] | None = None, # random resized crop: area fraction range
                      warmup: float = 0.0, # fraction of the steps with a linear learning-rate warm-up
                      label_smoothing: float = 0.0,
+                     on_epoch: Callable[[int], None] | None = None, # called with the epoch number (1-based) after each epoch
                     ) -> dict:
     "Cross-entropy training of `model` on `ds` (AdamW, cosine schedule); returns {'loss': per-epoch means, 'steps'}."
     n = len(ds)
@@ -472,6 +473,7 @@ def train_supervised(model: TaskModel, # teacher or student with its head
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
             tot += loss.item() * len(b); hist["steps"] += 1
         hist["loss"].append(tot / n)
+        if on_epoch is not None: on_epoch(len(hist["loss"]))
     model.eval()
     return hist
 
@@ -732,6 +734,11 @@ def pool_stats(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     mean = s / count
     return mean.float(), (s2 / count - mean ** 2).clamp_min(1e-12).sqrt().float()
 
+def teacher_checkpoints(epochs: int, # the teacher's pretraining epochs
+                       ) -> list[int]:
+    "The epochs at which teacher pretraining keeps a checkpoint: a quarter, half and all of the run."
+    return sorted({max(1, epochs // 4), max(1, epochs // 2), int(epochs)})
+
 def pretrained_teacher(profile: str | Profile = "tiny", # run profile
                        seed: int = 0,
                        device: str = "auto",
@@ -739,6 +746,7 @@ def pretrained_teacher(profile: str | Profile = "tiny", # run profile
                        pool: str | None = None, # labelled pretraining pool, "generic" or "generic+gallery" (default profile.teacher_pool)
                        lr: float | None = None, # pretraining learning rate (default profile.teacher_lr)
                        epochs: int | None = None, # pretraining epochs (default profile.teacher_pretrain_epochs)
+                       at_epoch: int | None = None, # an intermediate checkpoint of the same run (one of `teacher_checkpoints(epochs)`)
                       ) -> tuple[InputNorm, dict]:
     "The teacher backbone (timm ViT behind `InputNorm`, no head) and its pretraining info; pretrained once and cached."
     p = load_profile(profile) if isinstance(profile, str) else profile
@@ -746,36 +754,53 @@ def pretrained_teacher(profile: str | Profile = "tiny", # run profile
     set_seed(seed)  # the initial weights must not depend on what ran before in this process
     vit = build_teacher_2d(p.teacher, num_classes=0, img_size=p.img2d_size, **TEACHER_ARCH.get(p.teacher, {}))
     if p.get("dinov2_ckpt"):
+        if at_epoch is not None:
+            raise ConfigError("a DINOv2 checkpoint has no intermediate pretraining checkpoints (at_epoch); "
+                              "teachers of several budgets need in-run pretraining (no dinov2_ckpt)")
         from vfm_transfer.encoders import load_pretrained
         report = load_pretrained(vit, p.dinov2_ckpt, format="dinov2")
         return InputNorm(vit, IMAGENET_MEAN, IMAGENET_STD), {"source": str(p.dinov2_ckpt), "report": report,
                                                              "n_pretrain": 0, "epochs": 0}
+    if p.get("image_root"):
+        raise ConfigError("with image folders the teacher is a DINOv2 checkpoint: set dinov2_ckpt (the gallery has no "
+                          "labels to pretrain a teacher on)")
     pool = pool or p.get("teacher_pool", "generic")
     lr = float(lr if lr is not None else p.get("teacher_lr", 3e-4))
     epochs = int(epochs if epochs is not None else p.teacher_pretrain_epochs)
     check_choice(pool, PRETRAIN_POOLS, "pool")
     if lr <= 0: raise ConfigError(f"teacher pretraining lr must be > 0, got {lr}")
+    keep = teacher_checkpoints(epochs)
+    if at_epoch is not None and at_epoch not in keep:
+        raise ConfigError(f"at_epoch={at_epoch}: a {epochs}-epoch teacher run keeps checkpoints at epochs {keep}")
     cfg = dict(stage="pretrain", teacher=p.teacher, arch=TEACHER_ARCH.get(p.teacher, {}), img=p.img2d_size,
                n_classes=p.n_classes_2d, seed=seed, pool=pool, transfer_size=p.transfer_size,
-               gallery_size=p.gallery_size, epochs=epochs, lr=lr, recipe=TEACHER_RECIPE, norm="pool")
+               gallery_size=p.gallery_size, epochs=epochs, lr=lr, recipe=TEACHER_RECIPE, norm="pool", checkpoints=keep)
     d = cache_dir(cfg, kind="teacher", root=root)
     data = kd_datasets(p, seed)
     ds = data["generic"] if pool == "generic" else torch.utils.data.ConcatDataset([data["generic"], data["gallery"]])
     info = {"source": f"supervised on the {pool} pool", "n_pretrain": len(ds), "epochs": epochs, "lr": lr}
     enc = InputNorm(vit, torch.zeros(vit.in_channels), torch.ones(vit.in_channels))
+    wanted = d / ("backbone.pt" if at_epoch in (None, epochs) else f"backbone_epoch{at_epoch}.pt")
     if (d / "backbone.pt").exists():
-        _load_into(enc, d / "backbone.pt")
+        _load_into(enc, wanted)
         info.update(json.loads((d / "info.json").read_text()) if (d / "info.json").exists() else {})
+        if at_epoch is not None: info.update(epochs=at_epoch, source=f"{info['source']}, epoch {at_epoch} of {epochs}")
         return enc, info
     mean, std = pool_stats(ds)
     enc = InputNorm(vit, mean, std)
     model = teacher_from_backbone(enc, data["n_classes"], name=p.teacher)
+    def keep_checkpoint(epoch):  # intermediate checkpoints of this one run
+        if epoch in keep and epoch != epochs:
+            atomic_torch_save({k: v.detach().cpu().clone() for k, v in enc.state_dict().items()}, d / f"backbone_epoch{epoch}.pt")
     t0 = time.perf_counter()
-    h = train_supervised(model, ds, epochs=epochs, lr=lr, seed=seed, device=device, **TEACHER_RECIPE)
+    h = train_supervised(model, ds, epochs=epochs, lr=lr, seed=seed, device=device, on_epoch=keep_checkpoint, **TEACHER_RECIPE)
     info.update(pretrain_seconds=time.perf_counter() - t0, pretrain_loss=h["loss"],
                 target_val_accuracy=evaluate_2d(model, data["val"], device=device)["accuracy"])
     atomic_write_json(d / "info.json", {k: v for k, v in info.items() if k != "source"})
     atomic_torch_save(enc.cpu().state_dict(), d / "backbone.pt")  # written last: it marks the cache complete
+    if wanted.name != "backbone.pt":
+        _load_into(enc, wanted)
+        info.update(epochs=at_epoch, source=f"{info['source']}, epoch {at_epoch} of {epochs}")
     return enc, info
 
 # %% ../nbs/07_distill.ipynb #3ccecfbc
@@ -813,6 +838,7 @@ def run_kd(approach: str = "task", # "scratch", "feature" or "task"
            device: str = "auto",
            root: str | Path | None = None, # cache root
            pretrain_pool: str | None = None, # the tiny teacher's pretraining pool (default profile.teacher_pool)
+           teacher_epoch: int | None = None, # use this intermediate checkpoint of the teacher's pretraining run
           ) -> dict:
     "One KD experiment: teacher, transfer set, distillation, student fine-tuning; test metric, FLOPs and seconds."
     check_choice(approach, APPROACHES, "approach"); check_choice(task, TASKS_2D, "task")
@@ -826,7 +852,7 @@ def run_kd(approach: str = "task", # "scratch", "feature" or "task"
     labeled, C = data["labeled"][labels_per_class], data["n_classes"] + (1 if seg else 0)
     ft_epochs = labeled_epochs(p, len(labeled), min(batch_size, 32))
     t0 = time.perf_counter()
-    vit, pre = pretrained_teacher(p, seed, device, root, pool=pretrain_pool)
+    vit, pre = pretrained_teacher(p, seed, device, root, pool=pretrain_pool, at_epoch=teacher_epoch)
     secs["teacher_pretrain"] = time.perf_counter() - t0
     set_seed(seed)  # the student's and the heads' initial weights
     s = build_student(student, C, p.img2d_size, seg)
