@@ -160,3 +160,19 @@ def test_kd_notebooks_on_image_folders(image_folders, tmp_path, monkeypatch):
     m = json.loads((tmp_path / "out" / "kd_approaches" / "metrics.json").read_text())
     assert m["segmentation_miou"] == {} and "task_kd_beats_scratch" in m["findings"]
     assert "micro-profile image folders" in (tmp_path / "out" / "kd_approaches" / "kd_approaches.ipynb").read_text()
+
+
+@pytest.mark.parametrize("name", ["small", "paper"])
+def test_checkpoint_architectures_fit_the_profile(name):
+    "Every encoder the profile can build from checkpoints takes its volumes, and every task head fits its token grid."
+    from vfm_transfer.data import TASKS
+    from vfm_transfer.heads import build_head
+    p = load_profile(name, profound_ckpt="unused", provicnet_ckpt="unused")
+    for init in ("mae", "contrastive"):
+        enc = build_encoder(**init_encoder_config(init, p))
+        assert tuple(enc.img_size) == tuple(p.img_size), (init, enc.img_size)
+        grid = tuple(s // q for s, q in zip(p.img_size, enc.patch_size))
+        assert tuple(enc.grid_size) == grid, (init, enc.grid_size, grid)
+        for task in TASKS:
+            kw = {} if task == "classification" else {"feature_size": p.head_feature_size}
+            build_head(task, enc, **kw)
