@@ -17,7 +17,7 @@ from scipy import stats
 from .core import ConfigError, DataError, check_choice
 
 # %% auto #0
-__all__ = ['ESTIMATORS', 'KERNELS', 'MULTI_SCALES', 'MEDIAN_MAX_POINTS', 'MEMORY_BUDGET', 'DEFAULT_CHUNK', 'FEATURE_KEYS',
+__all__ = ['ESTIMATORS', 'KERNELS', 'MULTI_SCALES', 'MEDIAN_MAX_POINTS', 'DEFAULT_CHUNK', 'MIN_CHUNK', 'FEATURE_KEYS',
            'median_bandwidth', 'mmd2', 'mmd_permutation_test', 'linear_cka', 'feature_distances', 'correlate']
 
 # %% ../nbs/06_alignment.ipynb #ba2142c3
@@ -25,8 +25,8 @@ ESTIMATORS = {"unbiased", "biased"}
 KERNELS = {"rbf", "gaussian"}
 MULTI_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)  # bandwidth="multi": sigma times these
 MEDIAN_MAX_POINTS = 4096  # exact median heuristic up to this many pooled points, then a fixed-seed subset
-MEMORY_BUDGET = 64 * 2**20  # bytes for one Gram block before mmd2 switches to chunks
-DEFAULT_CHUNK = 2048  # rows per block in the chunked path
+DEFAULT_CHUNK = 1024  # most rows per block when mmd2 chooses
+MIN_CHUNK = 256  # fewest rows per block when mmd2 chooses (smaller blocks lose BLAS efficiency)
 
 def _as_matrix(a, name: str) -> torch.Tensor:
     "`a` (numpy or torch, (n, d)) as a floating torch tensor, checked for shape and finite values."
@@ -171,14 +171,13 @@ def _kernel_sums(x, y, sigmas: Sequence[float], chunk: int, dtype, dev, mu) -> t
     return sums[0], sums[1], sums[2]
 
 # %% ../nbs/06_alignment.ipynb #d63c0de7
-def _auto_chunk(n: int, m: int, itemsize: int, chunk_size: int | None) -> int:
-    "Rows per block: `chunk_size` if given, else one block per sample when it fits `MEMORY_BUDGET`."
+def _auto_chunk(n: int, m: int, chunk_size: int | None) -> int:
+    "Rows per block: `chunk_size` if given, else half the larger sample, clipped to [MIN_CHUNK, DEFAULT_CHUNK]."
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
             raise ConfigError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         return int(chunk_size)
-    big = max(n, m)
-    return big if big * big * itemsize <= MEMORY_BUDGET else DEFAULT_CHUNK
+    return int(min(DEFAULT_CHUNK, max(MIN_CHUNK, -(-max(n, m) // 2))))
 
 def _combine(sxx: float, syy: float, sxy: float, n: int, m: int, c: float, estimator: str) -> float:
     "MMD² from the kernel sums; `c` = k(a, a)."
@@ -191,7 +190,7 @@ def mmd2(x, # first sample, (n, d) numpy array or torch tensor
          kernel: str = "rbf", # "rbf" (= "gaussian"): exp(-|a-b|^2 / (2 sigma^2))
          bandwidth: str | float | Sequence[float] = "median", # "median", "multi", a sigma, or several sigmas (kernels summed)
          estimator: str = "unbiased", # "unbiased" U-statistic (Gretton 2012 eq. 3) or "biased" V-statistic (eq. 5)
-         chunk_size: int | None = None, # rows per block; None: one block if it fits MEMORY_BUDGET, else DEFAULT_CHUNK
+         chunk_size: int | None = None, # rows per block; None: half the larger sample, within [MIN_CHUNK, DEFAULT_CHUNK]
          device=None, # torch device to compute on; default: where `x` is
         ) -> float:
     "Squared maximum mean discrepancy between `x` and `y` under a Gaussian kernel, accumulated in float64."
@@ -200,7 +199,7 @@ def mmd2(x, # first sample, (n, d) numpy array or torch tensor
     x, y = _check_pair(x, y, 2 if estimator == "unbiased" else 1)
     sigmas = _bandwidths(bandwidth, x, y, device)
     dtype, dev, mu = _setup(x, y, device)
-    chunk = _auto_chunk(len(x), len(y), torch.finfo(dtype).bits // 8, chunk_size)
+    chunk = _auto_chunk(len(x), len(y), chunk_size)
     with torch.no_grad():
         sxx, syy, sxy = _kernel_sums(x, y, sigmas, chunk, dtype, dev, mu)
     return _combine(sxx, syy, sxy, len(x), len(y), len(sigmas), estimator)

@@ -359,7 +359,8 @@ def checkpoint_encoder(init: str, # "mae" (profound_ckpt) | "contrastive" (provi
         raise ConfigError(f"{field} not found: {path} (a papermill parameter or $VFM_TRANSFER_{field.upper()})")
     enc = build_encoder(**init_encoder_config(init, p))
     src = path if init == "mae" else _provicnet_source(path)
-    load_pretrained(enc, src, format="profound_vit" if init == "mae" else "provicnet", strict=True)
+    # "auto" for the MAE model: ProFound's layout, a MONAI MAE or this library's own checkpoint all load
+    load_pretrained(enc, src, format="auto" if init == "mae" else "provicnet", strict=True)
     return enc
 
 def pretrained_encoder(init: str = "mae", # "mae" | "contrastive" | "random"
