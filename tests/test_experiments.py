@@ -4,6 +4,7 @@ One `reproduce` run (module-scoped) serves all tests: the notebooks' statuses, t
 """
 import json
 import math
+import os
 
 import pandas as pd
 import pytest
@@ -33,9 +34,32 @@ def _expected_rows(name, m):
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
-    out = tmp_path_factory.mktemp("figures")
-    records = reproduce("micro", out, only=list(NOTEBOOKS), notebooks=NOTEBOOK_DIR, echo=lambda *a: None)
-    return out, {r["notebook"]: r for r in records}
+    # two notebooks at a time and a relative out_dir, as `make reproduce` runs them: a notebook must not move the
+    # working folder under another (papermill's cwd= is a process-wide chdir)
+    base = tmp_path_factory.mktemp("run")
+    here, real_chdir = os.getcwd(), os.chdir
+    real_chdir(base)
+    os.chdir = lambda path: (CHDIR_CALLS.append(str(path)), real_chdir(path))[1]  # record, then do it
+    try:
+        records = reproduce("micro", "figures", only=list(NOTEBOOKS), jobs=2, notebooks=NOTEBOOK_DIR, echo=lambda *a: None)
+    finally:
+        os.chdir = real_chdir
+        real_chdir(here)
+    return base / "figures", {r["notebook"]: r for r in records}
+
+
+CHDIR_CALLS: list[str] = []  # os.chdir calls made while the micro fixture's reproduce ran
+
+
+def test_parallel_notebooks_write_only_their_own_folders(micro):
+    out, _ = micro
+    # a chdir anywhere in the process moves every thread's relative paths: notebooks running side by side must not
+    # (papermill's file handler re-enters the folder reproduce started in around each read and write: harmless)
+    moved = [c for c in CHDIR_CALLS if c != str(out.parent)]
+    assert not moved, f"reproduce moved the process's working folder {len(moved)} times, first: {moved[:4]}"
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(NOTEBOOKS)
+    nested = [str(p) for name in NOTEBOOKS for p in (out / name).iterdir() if p.is_dir()]
+    assert not nested, f"outputs written under another notebook's folder: {nested}"
 
 
 def _finite(x, path="metrics"):

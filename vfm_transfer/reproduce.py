@@ -81,8 +81,10 @@ def run_experiment(name: str, # notebook stem, e.g. "transfer_limits"
     rec = {"notebook": name, "parameters": params, "profile": profile, "seed": seed, "executed": str(executed)}
     t0 = time.perf_counter()
     try:
+        # no `cwd=`: papermill implements it with os.chdir, which is process-wide, so notebooks run side by side
+        # (--jobs) would move each other's working folder; every path a notebook gets is absolute instead
         pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=_kernel_name(kernel),
-                            cwd=str(dest), progress_bar=progress_bar, log_output=False)
+                            progress_bar=progress_bar, log_output=False)
         rec["status"] = "ok"
     except Exception as e:  # noqa: BLE001 -- any failure of the notebook is reported, not raised
         rec["status"] = "failed"
@@ -160,6 +162,7 @@ def reproduce(profile: str = "tiny", # run profile: micro | tiny | small | paper
     "Run the experiment notebooks, write `MANIFEST.json`, and return one record per notebook."
     check_choice(profile, PROFILES, "profile")
     echo = echo or _echo_line
+    out_dir, notebooks = Path(out_dir).absolute(), experiments_dir(notebooks)  # resolved once, before any thread starts
     names = list_experiments(notebooks)
     if only:
         unknown = sorted(set(only) - set(names))
