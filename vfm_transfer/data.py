@@ -666,7 +666,8 @@ _CASE_MEMO = _CaseMemo()
 def _case_key(self: ProstateManifest, i: int) -> tuple:
     # a file changed on disk (size or mtime) is a new key, so the memo never serves stale voxels
     row = self.rows[i]
-    files = tuple((c, str(fp.resolve()), fp.stat().st_mtime_ns, fp.stat().st_size) for c, fp in sorted(row["files"].items()))
+    stats = {c: fp.stat() for c, fp in row["files"].items()}
+    files = tuple((c, str(fp.resolve()), stats[c].st_mtime_ns, stats[c].st_size) for c, fp in sorted(row["files"].items()))
     return (files, row["label"], self.size, self.spacing)
 
 def _manifest_getitem(self: ProstateManifest, i: int) -> dict:

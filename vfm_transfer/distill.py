@@ -779,28 +779,26 @@ def pretrained_teacher(profile: str | Profile = "tiny", # run profile
     data = kd_datasets(p, seed)
     ds = data["generic"] if pool == "generic" else torch.utils.data.ConcatDataset([data["generic"], data["gallery"]])
     info = {"source": f"supervised on the {pool} pool", "n_pretrain": len(ds), "epochs": epochs, "lr": lr}
-    enc = InputNorm(vit, torch.zeros(vit.in_channels), torch.ones(vit.in_channels))
     wanted = d / ("backbone.pt" if at_epoch in (None, epochs) else f"backbone_epoch{at_epoch}.pt")
-    if (d / "backbone.pt").exists():
-        _load_into(enc, wanted)
+    cached = (d / "backbone.pt").exists()
+    if cached:
+        enc = InputNorm(vit, torch.zeros(vit.in_channels), torch.ones(vit.in_channels))  # statistics load with the weights
         info.update(json.loads((d / "info.json").read_text()) if (d / "info.json").exists() else {})
-        if at_epoch is not None: info.update(epochs=at_epoch, source=f"{info['source']}, epoch {at_epoch} of {epochs}")
-        return enc, info
-    mean, std = pool_stats(ds)
-    enc = InputNorm(vit, mean, std)
-    model = teacher_from_backbone(enc, data["n_classes"], name=p.teacher)
-    def keep_checkpoint(epoch):  # intermediate checkpoints of this one run
-        if epoch in keep and epoch != epochs:
-            atomic_torch_save({k: v.detach().cpu().clone() for k, v in enc.state_dict().items()}, d / f"backbone_epoch{epoch}.pt")
-    t0 = time.perf_counter()
-    h = train_supervised(model, ds, epochs=epochs, lr=lr, seed=seed, device=device, on_epoch=keep_checkpoint, **TEACHER_RECIPE)
-    info.update(pretrain_seconds=time.perf_counter() - t0, pretrain_loss=h["loss"],
-                target_val_accuracy=evaluate_2d(model, data["val"], device=device)["accuracy"])
-    atomic_write_json(d / "info.json", {k: v for k, v in info.items() if k != "source"})
-    atomic_torch_save(enc.cpu().state_dict(), d / "backbone.pt")  # written last: it marks the cache complete
-    if wanted.name != "backbone.pt":
-        _load_into(enc, wanted)
-        info.update(epochs=at_epoch, source=f"{info['source']}, epoch {at_epoch} of {epochs}")
+    else:
+        mean, std = pool_stats(ds)
+        enc = InputNorm(vit, mean, std)
+        model = teacher_from_backbone(enc, data["n_classes"], name=p.teacher)
+        def keep_checkpoint(epoch):  # intermediate checkpoints of this one run
+            if epoch in keep and epoch != epochs:
+                atomic_torch_save({k: v.detach().cpu().clone() for k, v in enc.state_dict().items()}, d / f"backbone_epoch{epoch}.pt")
+        t0 = time.perf_counter()
+        h = train_supervised(model, ds, epochs=epochs, lr=lr, seed=seed, device=device, on_epoch=keep_checkpoint, **TEACHER_RECIPE)
+        info.update(pretrain_seconds=time.perf_counter() - t0, pretrain_loss=h["loss"],
+                    target_val_accuracy=evaluate_2d(model, data["val"], device=device)["accuracy"])
+        atomic_write_json(d / "info.json", {k: v for k, v in info.items() if k != "source"})
+        atomic_torch_save(enc.cpu().state_dict(), d / "backbone.pt")  # written last: it marks the cache complete
+    if cached or wanted.name != "backbone.pt": _load_into(enc, wanted)  # a fresh run already holds the final weights
+    if at_epoch is not None: info.update(epochs=at_epoch, source=f"{info['source']}, epoch {at_epoch} of {epochs}")
     return enc, info
 
 # %% ../nbs/07_distill.ipynb #3ccecfbc

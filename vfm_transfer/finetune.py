@@ -27,10 +27,10 @@ from .core import (CheckpointError, ConfigError, atomic_torch_save, atomic_write
                                cache_dir, check_choice, get_device, load_profile, progress, set_seed, sha256_file)
 
 # %% auto #0
-__all__ = ['MODES', 'RESTORATION_LOSSES', 'LOWER_IS_BETTER', 'INITS', 'FINETUNE_OPTIONS', 'task_spec', 'TaskModel', 'task_loss',
-           'sample_metrics', 'reduce_metrics', 'higher_is_better', 'History', 'param_groups', 'warmup_cosine',
-           'load_checkpoint', 'finetune', 'evaluate', 'build_specialised', 'run_finetune', 'transfer_inits',
-           'scratch_reference', 'gain', 'gain_table']
+__all__ = ['MODES', 'RESTORATION_LOSSES', 'LOWER_IS_BETTER', 'INITS', 'FINETUNE_OPTIONS', 'SCRATCH_INITS', 'task_spec',
+           'TaskModel', 'task_loss', 'sample_metrics', 'reduce_metrics', 'higher_is_better', 'History', 'param_groups',
+           'warmup_cosine', 'load_checkpoint', 'finetune', 'evaluate', 'build_specialised', 'run_finetune',
+           'transfer_inits', 'scratch_reference', 'gain', 'gain_table']
 
 # %% ../nbs/05_finetune.ipynb #68fd52f2
 MODES = ("full", "frozen", "scratch")
@@ -571,6 +571,7 @@ def _split_overrides(profile, overrides: Mapping) -> tuple[Any, dict]:
 
 # %% ../nbs/05_finetune.ipynb #2a4df0ec
 _ARCH_OF = {"mae": "mae", "contrastive": "contrastive", "scratch": "random", "scratch_contrastive": "contrastive"}
+SCRATCH_INITS = ("scratch", "scratch_contrastive")  # trained from random initialisation (mode "scratch")
 
 def _build_for_run(task: str, init: str, p, seed: int):
     "(encoder or model, head, random-init encoder or None) for `run_finetune`."
@@ -585,7 +586,7 @@ def _build_for_run(task: str, init: str, p, seed: int):
     random_enc = build_encoder(**init_encoder_config(_ARCH_OF.get(init, "random"), p))
     if init in ("mae", "contrastive"):
         enc = pretrained_encoder(init, profile=p, seed=seed)
-    elif init in ("scratch", "scratch_contrastive"):
+    elif init in SCRATCH_INITS:
         enc = copy.deepcopy(random_enc)
     else:
         from vfm_transfer.encoders import load_pretrained
@@ -610,7 +611,7 @@ def run_finetune(task: str, # one of data.TASKS
     if init not in INITS and not Path(init).is_file():
         raise ConfigError(f"unknown init {init!r}; expected one of {list(INITS)} or an existing checkpoint file")
     p, ft = _split_overrides(profile, overrides)
-    ft.setdefault("mode", "scratch" if init.startswith("scratch") and init in INITS else "full")
+    ft.setdefault("mode", "scratch" if init in SCRATCH_INITS else "full")
     if init == "specialised": ft["layer_decay"] = None
     _check_options(task, **ft)
     init_key = init if init in INITS else {"path": str(Path(init).resolve()), "sha256": sha256_file(init)}

@@ -25,9 +25,9 @@ from .encoders import (PROVICNET_SEQUENCES, ViTEncoder, build_encoder, encoder_c
                                    load_pretrained, profound_encoder_config)
 
 # %% auto #0
-__all__ = ['INITS', 'dataset_key', 'patchify', 'masked_patch_loss', 'build_mae', 'contrastive_augment', 'info_nce',
-           'PretrainResult', 'pretrain_mae', 'ContrastiveModel', 'pretrain_contrastive', 'init_encoder_config',
-           'checkpoint_encoder', 'pretrained_encoder']
+__all__ = ['INITS', 'CHECKPOINT_FIELDS', 'dataset_key', 'patchify', 'masked_patch_loss', 'build_mae', 'contrastive_augment',
+           'info_nce', 'PretrainResult', 'pretrain_mae', 'ContrastiveModel', 'pretrain_contrastive',
+           'init_encoder_config', 'checkpoint_encoder', 'pretrained_encoder']
 
 # %% ../nbs/03_pretrain.ipynb #6e8fb7e2
 def _image(item) -> torch.Tensor:
@@ -321,6 +321,7 @@ def pretrain_contrastive(encoder_cfg: Mapping, # `build_encoder` kwargs (e.g. `e
 
 # %% ../nbs/03_pretrain.ipynb #5da43887
 INITS = ("mae", "contrastive", "random")
+CHECKPOINT_FIELDS = {"mae": "profound_ckpt", "contrastive": "provicnet_ckpt"}  # the profile path that replaces pretraining
 
 def init_encoder_config(init: str, # "mae" | "contrastive" | "random"
                         profile: str | Mapping = "tiny", # a profile name or a `core.Profile`
@@ -350,7 +351,7 @@ def checkpoint_encoder(init: str, # "mae" (profound_ckpt) | "contrastive" (provi
                       ) -> nn.Module:
     "The encoder of `init` with the profile's real checkpoint loaded strictly."
     p = load_profile(profile) if isinstance(profile, str) else load_profile(profile)
-    field = {"mae": "profound_ckpt", "contrastive": "provicnet_ckpt"}.get(init)
+    field = CHECKPOINT_FIELDS.get(init)
     if field is None or not p.get(field):
         raise ConfigError(f"init {init!r}: the profile names no checkpoint for it (profound_ckpt for 'mae', "
                           "provicnet_ckpt for 'contrastive')")
@@ -375,9 +376,9 @@ def pretrained_encoder(init: str = "mae", # "mae" | "contrastive" | "random"
     if init == "random":
         set_seed(seed)
         return build_encoder(**cfg)
-    if p.get({"mae": "profound_ckpt", "contrastive": "provicnet_ckpt"}[init]): return checkpoint_encoder(init, p)
+    field = CHECKPOINT_FIELDS[init]
+    if p.get(field): return checkpoint_encoder(init, p)
     if not p.pretrain_epochs or p.pretrain_epochs < 1:
-        field = "profound_ckpt" if init == "mae" else "provicnet_ckpt"
         raise ConfigError(f"profile {p.get('name')!r} has pretrain_epochs={p.pretrain_epochs}: it uses real checkpoints, "
                           f"not in-run pretraining; set {field} (a papermill parameter or $VFM_TRANSFER_{field.upper()})")
     from vfm_transfer.data import unlabeled_dataset
