@@ -11,7 +11,9 @@ import hashlib
 import json
 import os
 import random
+import re
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +23,12 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['DEVICES', 'PROFILES', 'FINGERPRINTED', 'VFMTransferError', 'ConfigError', 'DataError', 'CheckpointError',
-           'check_choice', 'set_seed', 'get_device', 'Profile', 'load_profile', 'config_hash', 'cache_root',
-           'cache_dir', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'sha256_file',
-           'save_figure', 'save_table', 'save_metrics', 'git_commit', 'progress', 'Timer', 'run_key']
+__all__ = ['DEVICES', 'PROFILES', 'DEFAULT_PROFILE', 'FIGURES_ENV', 'PROGRESS_ENV', 'FINGERPRINTED', 'VFMTransferError',
+           'ConfigError', 'DataError', 'CheckpointError', 'check_choice', 'set_seed', 'get_device', 'Profile',
+           'load_profile', 'config_hash', 'cache_root', 'cache_dir', 'atomic_write', 'atomic_write_text',
+           'atomic_write_json', 'atomic_torch_save', 'sha256_file', 'save_figure', 'save_table', 'save_metrics',
+           'checkout_root', 'figures_root', 'default_out_dir', 'resolve_out_dir', 'git_commit', 'progress', 'Timer',
+           'run_key']
 
 # %% ../nbs/00_core.ipynb #36fdaf72
 class VFMTransferError(Exception):
@@ -304,6 +308,67 @@ def save_metrics(metrics: Mapping, out_dir: str | Path, name: str = "metrics") -
     _record(Path(out_dir).absolute(), [p], "metrics", name, None)
     return p
 
+# %% ../nbs/00_core.ipynb #220358b5
+DEFAULT_PROFILE = "tiny"  # the profile whose outputs are committed in figures/ (and `vfm-transfer reproduce`'s default)
+FIGURES_ENV = "VFM_TRANSFER_FIGURES"  # overrides the figures/ folder of the default profile
+
+def _is_checkout(d: Path) -> bool:
+    s = d / "settings.ini"
+    return s.is_file() and (d / "nbs").is_dir() and re.search(r"^lib_name\s*=\s*vfm_transfer\s*$", s.read_text(errors="replace"), re.M) is not None
+
+def checkout_root() -> Path | None:
+    "The source checkout the package runs from (an editable install) or the one holding the working folder; None without one."
+    import vfm_transfer
+    here = Path.cwd().absolute()
+    for d in (Path(vfm_transfer.__file__).resolve().parent.parent, here, *here.parents):
+        if _is_checkout(d): return d
+    return None
+
+# %% ../nbs/00_core.ipynb #9fa98e7f
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+def _profile_name(profile: str | Mapping) -> str:
+    name = profile.get("name") if isinstance(profile, Mapping) else profile
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"profile name {name!r} cannot name an output folder; expected a name such as {DEFAULT_PROFILE!r}")
+    return name
+
+def figures_root(profile: str | Mapping = DEFAULT_PROFILE, # a profile name or a `Profile`
+                ) -> Path:
+    "The folder of a profile's outputs: `figures/` for `DEFAULT_PROFILE`, its sibling `figures-<profile>/` otherwise."
+    name = _profile_name(profile)
+    if os.environ.get(FIGURES_ENV):
+        base = Path(os.environ[FIGURES_ENV]).expanduser()
+    else:
+        root = checkout_root()
+        base = root / "figures" if root else cache_root() / "figures"
+    base = base.absolute()
+    return base if name == DEFAULT_PROFILE else base.with_name(f"{base.name}-{name}")
+
+def default_out_dir(notebook: str, # the experiment notebook's name (file stem), e.g. "transfer_limits"
+                    profile: str | Mapping = DEFAULT_PROFILE, # a profile name or a `Profile`
+                   ) -> Path:
+    "Where an experiment notebook's outputs go when it is not told: `figures_root(profile) / notebook`."
+    if not isinstance(notebook, str) or not _NAME.match(notebook):
+        raise ConfigError(f"notebook name {notebook!r} cannot name an output folder; expected a file stem such as 'transfer_limits'")
+    return figures_root(profile) / notebook
+
+# %% ../nbs/00_core.ipynb #a2316253
+def resolve_out_dir(out_dir: str | Path | None, # the notebook's `out_dir` parameter; None: `default_out_dir`
+                    notebook: str, # the notebook's name, e.g. "transfer_limits"
+                    profile: str | Mapping = DEFAULT_PROFILE, # the run's profile (name or `Profile`)
+                    announce: bool = True, # print where the outputs go
+                   ) -> Path:
+    "The absolute output folder of an experiment notebook, created; never inside the checkout's nbs/."
+    d = default_out_dir(notebook, profile) if out_dir in (None, "") else Path(out_dir).expanduser().absolute()
+    root = checkout_root()
+    if root is not None and d.resolve().is_relative_to((root / "nbs").resolve()):
+        raise ConfigError(f"out_dir {str(d)!r} is inside the notebook sources ({root / 'nbs'}); "
+                          f"leave out_dir=None for {default_out_dir(notebook, profile)} or pass another folder")
+    d.mkdir(parents=True, exist_ok=True)
+    if announce: print(f"{notebook}: outputs (profile {_profile_name(profile)}) go to {d}")
+    return d
+
 # %% ../nbs/00_core.ipynb #350f537b
 def git_commit(path: str | Path = ".") -> str | None:
     "The current git commit of the repository holding `path`, or None outside a repository."
@@ -313,12 +378,34 @@ def git_commit(path: str | Path = ".") -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
 
-def progress(iterable=None, desc: str | None = None, total: int | None = None, **kwargs):
-    "A tqdm progress bar (notebook-aware); silenced by `VFM_TRANSFER_QUIET=1`."
-    from tqdm.auto import tqdm
+PROGRESS_ENV = "VFM_TRANSFER_PROGRESS"  # "lines": one plain line per refresh (set by `reproduce` for its kernels)
+
+class _Lines:
+    "A file for tqdm that turns each in-place refresh into one plain line, for logs and executed notebooks."
+    def __init__(self, f): self.f = f
+    def write(self, s: str):
+        s = s.replace("\r", "").replace("\x1b[A", "").strip()
+        if s: self.f.write(s + "\n")
+    def flush(self): self.f.flush()
+
+def progress(iterable=None, # what to iterate over (or None with `total` and `.update`)
+             desc: str | None = None, # the bar's label
+             total: int | None = None, # number of steps, if `iterable` has no len
+             **kwargs, # passed on to tqdm (`leave`, `mininterval`, `file`, ...)
+            ):
+    "A progress bar with ETA: tqdm.auto in JupyterLab; plain lines under `$VFM_TRANSFER_PROGRESS=lines`; off with `VFM_TRANSFER_QUIET=1`."
     disable = kwargs.pop("disable", None)
     if disable is None: disable = os.environ.get("VFM_TRANSFER_QUIET", "") == "1"
-    return tqdm(iterable, desc=desc, total=total, disable=disable, leave=kwargs.pop("leave", False), **kwargs)
+    kwargs.setdefault("leave", False)
+    if os.environ.get(PROGRESS_ENV) == "lines":
+        # papermill stores a kernel's stderr as text: no carriage returns, a line at most every `mininterval`
+        # seconds, and none for a bar that ends sooner (`delay`)
+        from tqdm.std import tqdm
+        kwargs.setdefault("mininterval", 15.0); kwargs.setdefault("delay", kwargs["mininterval"])
+        kwargs.update(ascii=True, ncols=kwargs.get("ncols", 100), file=_Lines(kwargs.get("file") or sys.stderr))
+    else:
+        from tqdm.auto import tqdm
+    return tqdm(iterable, desc=desc, total=total, disable=disable, **kwargs)
 
 class Timer:
     "Context manager measuring wall seconds in `.seconds`."

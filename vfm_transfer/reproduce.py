@@ -7,21 +7,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import datetime
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from .core import (ConfigError, VFMTransferError, PROFILES, atomic_write_json, check_choice, git_commit,
-                               sha256_file)
+from .core import (DEFAULT_PROFILE, PROGRESS_ENV, ConfigError, VFMTransferError, PROFILES, atomic_write_json,
+                               atomic_write_text, check_choice, default_out_dir, figures_root, git_commit, sha256_file)
 
 # %% auto #0
-__all__ = ['KERNEL', 'DEPENDS', 'experiments_dir', 'list_experiments', 'check_parameters', 'run_experiment', 'write_manifest',
-           'run_order', 'reproduce', 'main']
+__all__ = ['KERNEL', 'RUN_LOG', 'DEPENDS', 'DEMO_SPLITS', 'experiments_dir', 'list_experiments', 'check_parameters',
+           'run_experiment', 'write_manifest', 'run_order', 'reproduce', 'make_demo_data', 'main']
 
 # %% ../nbs/09_reproduce.ipynb #2c6319fc
 def experiments_dir(path: str | Path | None = None, # a folder of experiment notebooks; None searches the usual places
@@ -59,9 +62,28 @@ def _kernel_name(kernel: str | None) -> str:
     from jupyter_client.kernelspec import KernelSpecManager
     return KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
 
+_ENV_LOCK, _ENV_USERS, _ENV_SAVED = threading.Lock(), [0], {}
+
+@contextlib.contextmanager
+def _kernel_env():
+    "Environment every notebook kernel started inside inherits (kernels copy os.environ): plain-line progress bars."
+    with _ENV_LOCK:  # counted, so that notebooks run side by side (--jobs) never restore it under each other
+        if _ENV_USERS[0] == 0:
+            _ENV_SAVED["progress"] = os.environ.get(PROGRESS_ENV)
+            os.environ[PROGRESS_ENV] = "lines"
+        _ENV_USERS[0] += 1
+    try: yield
+    finally:
+        with _ENV_LOCK:
+            _ENV_USERS[0] -= 1
+            if _ENV_USERS[0] == 0:
+                old = _ENV_SAVED.pop("progress")
+                if old is None: os.environ.pop(PROGRESS_ENV, None)
+                else: os.environ[PROGRESS_ENV] = old
+
 def run_experiment(name: str, # notebook stem, e.g. "transfer_limits"
-                   profile: str = "tiny", # run profile passed to the notebook
-                   out_dir: str | Path = "figures", # outputs go to `<out_dir>/<name>/`
+                   profile: str = DEFAULT_PROFILE, # run profile passed to the notebook
+                   out_dir: str | Path | None = None, # outputs go to `<out_dir>/<name>/`; None: `core.figures_root(profile)`
                    seed: int = 0, # seed passed to the notebook
                    params: dict | None = None, # extra parameters (checked against the notebook)
                    notebooks: str | Path | None = None, # folder of experiment notebooks
@@ -73,23 +95,25 @@ def run_experiment(name: str, # notebook stem, e.g. "transfer_limits"
     nb = experiments_dir(notebooks) / f"{name}.ipynb"
     if not nb.exists(): raise ConfigError(f"unknown experiment {name!r}; expected one of {list_experiments(notebooks)}")
     check_choice(profile, PROFILES, "profile")
-    dest = Path(out_dir).absolute() / name
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = default_out_dir(name, profile) if out_dir is None else Path(out_dir).absolute() / name
     params = {"profile": profile, "seed": seed, "out_dir": str(dest), **(params or {})}
     check_parameters(nb, params)
+    dest.mkdir(parents=True, exist_ok=True)
     executed = dest / f"{name}.ipynb"
     rec = {"notebook": name, "parameters": params, "profile": profile, "seed": seed, "executed": str(executed)}
     t0 = time.perf_counter()
     try:
         # no `cwd=`: papermill implements it with os.chdir, which is process-wide, so notebooks run side by side
         # (--jobs) would move each other's working folder; every path a notebook gets is absolute instead
-        pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=_kernel_name(kernel),
-                            progress_bar=progress_bar, log_output=False)
+        with _kernel_env():
+            pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=_kernel_name(kernel),
+                                progress_bar=progress_bar, log_output=False)
         rec["status"] = "ok"
     except Exception as e:  # noqa: BLE001 -- any failure of the notebook is reported, not raised
         rec["status"] = "failed"
         rec["error"] = _describe_failure(e)
     rec["seconds"] = round(time.perf_counter() - t0, 2)
+    rec["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     return rec
 
 def _describe_failure(e: Exception) -> str:
@@ -100,30 +124,39 @@ def _describe_failure(e: Exception) -> str:
     return "".join(traceback.format_exception_only(type(e), e)).strip()
 
 # %% ../nbs/09_reproduce.ipynb #85592d01
+RUN_LOG = "MANIFEST.run.json"  # the volatile sibling of MANIFEST.json (git-ignored)
+_RUN_FIELDS = ("status", "seconds", "finished", "error", "executed")
+
+def _read_json(path: Path, default: dict) -> dict:
+    return json.loads(path.read_text()) if path.exists() else default
+
 def write_manifest(records: Sequence[dict], # records from `run_experiment`
-                   out_dir: str | Path = "figures",
-                   commit: str | None = None, # defaults to the current git commit
+                   out_dir: str | Path, # the folder holding `<notebook>/` folders
+                   commit: str | None = None, # defaults to the current git commit (recorded in MANIFEST.run.json only)
                   ) -> Path:
-    "Merge the outputs of `records` into `<out_dir>/MANIFEST.json`; returns its path."
+    "Merge the outputs of `records` into `<out_dir>/MANIFEST.json` (stable fields) and `MANIFEST.run.json`; returns the first."
     out_dir = Path(out_dir).absolute()
-    path = out_dir / "MANIFEST.json"
-    old = json.loads(path.read_text()) if path.exists() else {"notebooks": {}, "outputs": []}
+    path, run_path = out_dir / "MANIFEST.json", out_dir / RUN_LOG
+    old, old_run = _read_json(path, {}), _read_json(run_path, {})
     commit = commit or git_commit(out_dir if out_dir.exists() else ".")
     ran = {r["notebook"] for r in records}
     outputs = [o for o in old.get("outputs", []) if o["notebook"] not in ran]
     notebooks = {k: v for k, v in old.get("notebooks", {}).items() if k not in ran}
+    runs = {k: v for k, v in old_run.get("notebooks", {}).items() if k not in ran}
     for r in records:
-        notebooks[r["notebook"]] = {k: r.get(k) for k in ("status", "seconds", "profile", "seed", "error")}
-        od = out_dir / r["notebook"]
-        recs = json.loads((od / "outputs.json").read_text()) if (od / "outputs.json").exists() else []
-        for o in recs:
+        name = r["notebook"]
+        notebooks[name] = {k: r.get(k) for k in ("status", "profile", "seed")}
+        runs[name] = {**{k: r.get(k) for k in _RUN_FIELDS}, "commit": commit}
+        params = {k: v for k, v in r["parameters"].items() if k != "out_dir"}  # the output path is the entry's path
+        od = out_dir / name
+        for o in _read_json(od / "outputs.json", []) if (od / "outputs.json").exists() else []:
             for f in o["files"]:
-                outputs.append({"path": f"{r['notebook']}/{f['path']}", "name": o["name"], "kind": o["kind"],
-                                "caption": o.get("caption"), "notebook": r["notebook"], "parameters": r["parameters"],
-                                "profile": r["profile"], "seed": r["seed"], "commit": commit,
-                                "seconds": r["seconds"], "sha256": sha256_file(od / f["path"])})
+                outputs.append({"path": f"{name}/{f['path']}", "name": o["name"], "kind": o["kind"],
+                                "caption": o.get("caption"), "notebook": name, "parameters": params,
+                                "profile": r["profile"], "seed": r["seed"], "sha256": sha256_file(od / f["path"])})
     outputs.sort(key=lambda o: o["path"])
-    return atomic_write_json(path, {"commit": commit, "notebooks": dict(sorted(notebooks.items())), "outputs": outputs})
+    atomic_write_json(run_path, {"commit": commit, "notebooks": dict(sorted(runs.items()))})
+    return atomic_write_json(path, {"notebooks": dict(sorted(notebooks.items())), "outputs": outputs})
 
 # %% ../nbs/09_reproduce.ipynb #18084e6e
 def _echo_line(msg: str):
@@ -149,8 +182,8 @@ def _threads_per_kernel(jobs: int):
         if old is None: os.environ.pop("OMP_NUM_THREADS", None)
 
 # %% ../nbs/09_reproduce.ipynb #788670d8
-def reproduce(profile: str = "tiny", # run profile: micro | tiny | small | paper
-              out_dir: str | Path = "figures", # where figures, tables and executed notebooks go
+def reproduce(profile: str = DEFAULT_PROFILE, # run profile: micro | tiny | small | paper
+              out_dir: str | Path | None = None, # where figures, tables and executed notebooks go; None: `core.figures_root(profile)`
               only: Sequence[str] | None = None, # notebook names to run (default: all)
               jobs: int = 1, # notebooks run at once
               seed: int = 0,
@@ -162,7 +195,8 @@ def reproduce(profile: str = "tiny", # run profile: micro | tiny | small | paper
     "Run the experiment notebooks, write `MANIFEST.json`, and return one record per notebook."
     check_choice(profile, PROFILES, "profile")
     echo = echo or _echo_line
-    out_dir, notebooks = Path(out_dir).absolute(), experiments_dir(notebooks)  # resolved once, before any thread starts
+    out_dir = figures_root(profile) if out_dir is None else Path(out_dir).absolute()  # resolved once, before any thread starts
+    notebooks = experiments_dir(notebooks)
     names = list_experiments(notebooks)
     if only:
         unknown = sorted(set(only) - set(names))
@@ -184,13 +218,34 @@ def reproduce(profile: str = "tiny", # run profile: micro | tiny | small | paper
     write_manifest(records, out_dir)
     return records
 
+# %% ../nbs/09_reproduce.ipynb #29f011cb
+DEMO_SPLITS = ("train", "train", "val", "test", "unlabeled", "unlabeled")  # per pair of cases, in turn
+
+def make_demo_data(out_dir: str | Path, # folder for the NIfTI files and manifest.csv (created)
+                   n: int = 24, # number of cases, at least 2 * len(DEMO_SPLITS)
+                   size: int | Sequence[int] = 32, # grid of each volume (D, H, W)
+                   seed: int = 0,
+                  ) -> Path:
+    "Write `n` synthetic cases as NIfTI files and a manifest.csv with a split column; returns the manifest's path."
+    from vfm_transfer.data import write_synthetic_manifest
+    if not isinstance(n, int) or n < 2 * len(DEMO_SPLITS):
+        raise ConfigError(f"make-data: n must be an int >= {2 * len(DEMO_SPLITS)} (two cases per split entry {DEMO_SPLITS}), got {n!r}")
+    size = (size,) * 3 if isinstance(size, int) else tuple(size)
+    if len(size) != 3 or any(not isinstance(s, int) or s < 8 for s in size):
+        raise ConfigError(f"make-data: size must be one int or three ints >= 8 (D H W), got {size!r}")
+    path = write_synthetic_manifest(out_dir, n=n, size=size, seed=seed)
+    with open(path, newline="") as f: rows = list(csv.reader(f))
+    rows = [rows[0] + ["split"]] + [r + [DEMO_SPLITS[(k // 2) % len(DEMO_SPLITS)]] for k, r in enumerate(rows[1:])]
+    return atomic_write_text(path, "".join(",".join(r) + "\n" for r in rows))
+
 # %% ../nbs/09_reproduce.ipynb #16d6838c
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vfm-transfer", description="Regenerate the tables and figures of the vfm_transfer papers.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("reproduce", help="run the experiment notebooks with papermill into an output folder")
-    r.add_argument("--profile", default="tiny", choices=sorted(PROFILES), help="run profile (default: tiny)")
-    r.add_argument("--out", default="figures", help="output folder (default: figures)")
+    r.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES), help=f"run profile (default: {DEFAULT_PROFILE})")
+    r.add_argument("--out", default=None, help=f"output folder (default: figures/ of the checkout for the {DEFAULT_PROFILE} "
+                   "profile, figures-<profile>/ for the others; the artifact cache without a checkout)")
     r.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks")
     r.add_argument("--jobs", type=int, default=1, help="notebooks to run at once (default: 1)")
     r.add_argument("--seed", type=int, default=0)
@@ -199,6 +254,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--notebooks", default=None, help="folder of experiment notebooks (default: nbs/experiments)")
     r.add_argument("--kernel", default=None, help="jupyter kernel (default: vfm-transfer if registered)")
     sub.add_parser("list", help="list the experiment notebooks")
+    d = sub.add_parser("make-data", help="write a small synthetic NIfTI dataset and its manifest.csv into DIR (e.g. data/demo)")
+    d.add_argument("dir", help="folder to write (created)")
+    d.add_argument("--n", type=int, default=24, help="number of cases (default: 24)")
+    d.add_argument("--size", type=int, nargs="+", default=[32], metavar="N", help="volume grid, one or three ints (default: 32)")
+    d.add_argument("--seed", type=int, default=0)
     return p
 
 def _parse_params(items: Sequence[str]) -> dict:
@@ -216,6 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             print("\n".join(list_experiments())); return 0
+        if args.command == "make-data":
+            path = make_demo_data(args.dir, args.n, args.size[0] if len(args.size) == 1 else args.size, args.seed)
+            print(f"[vfm-transfer] wrote {args.n} synthetic cases and {path}\n"
+                  f"[vfm-transfer] try: vfm-transfer reproduce --profile micro --only transfer_limits --param manifest='\"{path}\"'")
+            return 0
         t0 = time.perf_counter()
         recs = reproduce(args.profile, args.out, args.only, args.jobs, args.seed, _parse_params(args.param),
                          args.notebooks, args.kernel)
@@ -226,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     total = sum(r["seconds"] for r in recs)  # more than the wall time when notebooks run side by side
     print(f"[vfm-transfer] {len(recs) - len(failed)}/{len(recs)} notebooks ok in {wall:.1f}s wall "
           f"({total:.1f}s summed over notebooks); "
-          f"manifest: {Path(args.out).absolute() / 'MANIFEST.json'}")
+          f"manifest: {(Path(args.out).absolute() if args.out else figures_root(args.profile)) / 'MANIFEST.json'}")
     for r in failed:
         print(f"[vfm-transfer] FAILED {r['notebook']}: {r['error']}\n    executed notebook: {r['executed']}", file=sys.stderr)
     return 1 if failed else 0
