@@ -8,7 +8,7 @@ PROFILE ?= tiny
 export MPLBACKEND := agg
 export PYTHONHASHSEED := 0
 
-.PHONY: install reproduce test check-export nbtest pytest lab bench readme export clean
+.PHONY: install reproduce demo-data test check-export nbtest pytest lab bench readme export clean
 
 install: $(STAMP)
 
@@ -21,8 +21,13 @@ $(STAMP): settings.ini setup.py
 	$(BIN)/python -m ipykernel install --sys-prefix --name vfm-transfer --display-name vfm-transfer >/dev/null
 	touch $(STAMP)
 
+# figures/ for the default profile (vfm_transfer.core.DEFAULT_PROFILE), figures-<profile>/ (git-ignored) otherwise
 reproduce: install
-	$(BIN)/vfm-transfer reproduce --profile $(PROFILE) --out figures --jobs 2
+	$(BIN)/vfm-transfer reproduce --profile $(PROFILE) --jobs 2
+
+# a small synthetic NIfTI dataset + manifest in the real-data layout (git-ignored); see data/README.md
+demo-data: install
+	$(BIN)/vfm-transfer make-data data/demo
 
 test: install check-export nbtest pytest
 
