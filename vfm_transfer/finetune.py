@@ -5,31 +5,33 @@
 # %% ../nbs/05_finetune.ipynb #d2d7040a
 from __future__ import annotations
 
-import copy
-import math
-import os
-import random
 import re
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric, PSNRMetric, ROCAUCMetric, SSIMMetric
+from monai.networks.nets import DenseNet, UNet
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from .core import (CheckpointError, ConfigError, atomic_torch_save, atomic_write_json, atomic_write_text,
-                               cache_dir, check_choice, get_device, load_profile, progress, set_seed, sha256_file)
+from .core import (CheckpointError, ConfigError, Profile, atomic_torch_save, atomic_write_json,
+                               cache_dir, check_choice, load_profile, set_seed, sha256_file)
+from .data import TASK_SPECS, make_task_dataset
+from .encoders import build_encoder, encoder_config, extract_features, load_pretrained
+from .heads import build_head
+from .pretrain import init_encoder_config, pretrained_encoder
+from .train import (History, Recipe, amp_dtype, dist_info, fit, gather_objects, higher_is_better,
+                                load_checkpoint, param_groups, resolve_device)
 
 # %% auto #0
-__all__ = ['MODES', 'RESTORATION_LOSSES', 'LOWER_IS_BETTER', 'INITS', 'FINETUNE_OPTIONS', 'SCRATCH_INITS', 'task_spec',
-           'TaskModel', 'task_loss', 'sample_metrics', 'reduce_metrics', 'higher_is_better', 'History', 'param_groups',
-           'warmup_cosine', 'load_checkpoint', 'finetune', 'evaluate', 'build_specialised', 'run_finetune',
+__all__ = ['MODES', 'RESTORATION_LOSSES', 'INITS', 'RUN_OPTIONS', 'SCRATCH_INITS', 'task_spec', 'TaskModel', 'task_loss',
+           'sample_metrics', 'reduce_metrics', 'finetune', 'evaluate', 'build_specialised', 'run_finetune',
            'transfer_inits', 'scratch_reference', 'gain', 'gain_table']
 
 # %% ../nbs/05_finetune.ipynb #68fd52f2
@@ -39,7 +41,6 @@ RESTORATION_LOSSES = ("l1", "l2")
 def task_spec(task: str, # one of data.TASKS
              ) -> dict:
     "The spec of `task` (kind, out_channels, metrics, main_metric, higher_is_better); `ConfigError` if unknown."
-    from vfm_transfer.data import TASK_SPECS
     check_choice(task, TASK_SPECS, "task")
     return TASK_SPECS[task]
 
@@ -133,213 +134,12 @@ def reduce_metrics(task: str, # one of data.TASKS
 def _cat(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
-# %% ../nbs/05_finetune.ipynb #404372bc
-LOWER_IS_BETTER = {"train_loss", "val_loss", "loss", "mse", "mae", "l1", "hd95", "seconds", "train_seconds"}
-_NOT_METRICS = {"epoch", "train_loss", "lr", "seconds", "train_seconds"}
-
-def higher_is_better(metric: str) -> bool:
-    "Whether larger values of `metric` are better (losses, errors and times are not)."
-    return not (metric in LOWER_IS_BETTER or metric.endswith("loss"))
-
-class History:
-    "Per-epoch records of a fine-tuning run: `.rows` (list of dicts), plus `meta` (task, mode, main metric, ...)."
-    def __init__(self,
-                 rows: Sequence[Mapping] | None = None, # one dict per epoch
-                 meta: Mapping | None = None, # run description: task, mode, main_metric, test metrics, ...
-                ):
-        self.rows = [dict(r) for r in (rows or [])]
-        self.meta = dict(meta or {})
-
-    def __len__(self): return len(self.rows)
-    def __repr__(self): return f"History({len(self)} epochs, {self.meta.get('task', '?')}, metrics={self.metrics})"
-
-    @property
-    def metrics(self) -> list[str]:
-        "The validation metric names (columns other than epoch, train_loss, lr and times)."
-        return [k for k in (self.rows[0] if self.rows else {}) if k not in _NOT_METRICS]
-
-    @property
-    def main_metric(self) -> str:
-        "The task's main metric (from `meta`), else the first validation metric."
-        return self.meta.get("main_metric") or (self.metrics[0] if self.metrics else "train_loss")
-
-    def to_frame(self):
-        "A pandas DataFrame, one row per epoch."
-        import pandas as pd
-        return pd.DataFrame(self.rows)
-
-# %% ../nbs/05_finetune.ipynb #72b1fbb4
-def _history_save(self, path: str | Path) -> Path:
-    "Save as JSON (rows and meta), or CSV (rows) when `path` ends in .csv; atomically."
-    path = Path(path)
-    if path.suffix == ".csv": return atomic_write_text(path, self.to_frame().to_csv(index=False))
-    return atomic_write_json(path, {"meta": self.meta, "rows": self.rows})
-
-def _history_load(cls, path: str | Path) -> "History":
-    "Load a History saved by `save` (JSON or CSV)."
-    import json
-    import pandas as pd
-    path = Path(path)
-    if not path.is_file(): raise ConfigError(f"history file {str(path)!r} does not exist")
-    if path.suffix == ".csv": return cls(pd.read_csv(path).to_dict("records"))
-    obj = json.loads(path.read_text())
-    return cls(obj["rows"], obj.get("meta")) if isinstance(obj, dict) else cls(obj)
-
-History.save = _history_save
-History.load = classmethod(_history_load)
-
-# %% ../nbs/05_finetune.ipynb #3e973295
-def _values(self, metric: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-    metric = metric or self.main_metric
-    if not self.rows: raise ConfigError("the History is empty")
-    if metric not in self.rows[0]: raise ConfigError(f"unknown metric {metric!r}; the History has {list(self.rows[0])}")
-    return (np.array([r["epoch"] for r in self.rows], float),
-            np.array([r[metric] for r in self.rows], float), metric)
-
-def _best(self, metric: str | None = None) -> float:
-    "The best value of `metric` (default: the main metric) over epochs, ignoring NaNs."
-    _, v, metric = _values(self, metric)
-    if np.isnan(v).all(): return float("nan")
-    return float(np.nanmax(v) if higher_is_better(metric) else np.nanmin(v))
-
-def _epochs_to(self, fraction: float = 0.95, # how close to the best value counts as converged
-               metric: str | None = None) -> int | None:
-    "The first epoch at which `metric` is within `1 - fraction` of its best value's magnitude (None if all NaN)."
-    if not 0 < fraction <= 1: raise ConfigError(f"fraction must be in (0, 1], got {fraction!r}")
-    e, v, metric = _values(self, metric)
-    best = _best(self, metric)
-    if math.isnan(best): return None
-    slack = (1 - fraction) * abs(best)
-    ok = v >= best - slack if higher_is_better(metric) else v <= best + slack
-    return int(e[np.argmax(ok & ~np.isnan(v))])
-
-def _auc(self, metric: str | None = None) -> float:
-    "Area under the validation curve of `metric`, normalised by the epochs it spans (the curve's mean height)."
-    e, v, _ = _values(self, metric)
-    if len(v) == 1: return float(v[0])
-    return float(np.trapezoid(v, e) / (e[-1] - e[0]))
-
-History.best, History.epochs_to, History.auc = _best, _epochs_to, _auc
-
-# %% ../nbs/05_finetune.ipynb #710c7fd1
-def _plot(self, metric: str | None = None, # a column; None plots every validation metric
-          ax=None, # a matplotlib Axes to draw into
-          **kwargs, # passed to `ax.plot`
-         ):
-    "Plot `metric` (or all validation metrics) against epoch; returns the Axes."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(4, 3))
-    for m in ([metric] if metric else self.metrics):
-        e, v, _ = _values(self, m)
-        ax.plot(e, v, marker="o", label=m, **kwargs)
-    ax.set_xlabel("epoch"); ax.set_ylabel(metric or "validation metric")
-    if self.meta.get("task"): ax.set_title(f"{self.meta['task']} ({self.meta.get('mode', '')})")
-    ax.legend()
-    return ax
-
-History.plot = _plot
-
-# %% ../nbs/05_finetune.ipynb #48a47955
-_EMBED_NAMES = ("patch_embed", "cls_token", "pos_embed", "position_embeddings", "mask_token")
-
-def _layer_id(name: str, num_layers: int) -> int:
-    if not name.startswith("encoder."): return num_layers + 1  # the head
-    m = re.search(r"\.blocks\.(\d+)\.", name)
-    if m: return int(m.group(1)) + 1
-    if any(k in name for k in _EMBED_NAMES): return 0
-    return num_layers + 1  # the encoder's final norm
-
-def param_groups(model: TaskModel, # encoder + head
-                 lr: float, # base learning rate (the head's)
-                 weight_decay: float = 0.05,
-                 layer_decay: float | None = None, # e.g. 0.75; None: one rate for all
-                ) -> list[dict]:
-    "AdamW parameter groups with layer-wise LR decay and no weight decay on biases, norms and embeddings."
-    num_layers = getattr(model.encoder, "num_layers", None)
-    if layer_decay is not None and (num_layers is None or model.head is None):
-        raise ConfigError("layer_decay needs an encoder with `num_layers` blocks and a head; use layer_decay=None")
-    groups: dict[tuple, dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad: continue
-        layer = _layer_id(name, num_layers or 0)
-        scale = layer_decay ** (num_layers + 1 - layer) if layer_decay is not None else 1.0
-        no_wd = p.ndim <= 1 or name.endswith(".bias") or any(k in name for k in _EMBED_NAMES)
-        g = groups.setdefault((layer, no_wd), dict(params=[], lr=lr * scale, lr_scale=scale, layer=layer,
-                                                   weight_decay=0.0 if no_wd else weight_decay))
-        g["params"].append(p)
-    return [groups[k] for k in sorted(groups)]
-
-def warmup_cosine(warmup_steps: int, # steps of linear warm-up
-                  total_steps: int, # all training steps
-                 ) -> Callable[[int], float]:
-    "LR multiplier for step s: linear warm-up to 1, then cosine decay to 0 (for `LambdaLR`)."
-    def f(step: int) -> float:
-        if step < warmup_steps: return (step + 1) / warmup_steps
-        span = max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
-    return f
-
-# %% ../nbs/05_finetune.ipynb #76ef76c9
+# %% ../nbs/05_finetune.ipynb #7336248e
 def _collate(items: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
     "Stack inputs and targets only (meta dicts may hold values default_collate cannot batch)."
     if isinstance(items[0], Mapping):
         return torch.stack([it["input"] for it in items]), torch.stack([torch.as_tensor(it["target"]) for it in items])
     return torch.stack([it[0] for it in items]), torch.stack([torch.as_tensor(it[1]) for it in items])
-
-def _seed_worker(worker_id: int):
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s); random.seed(s)
-
-def _dist_info() -> tuple[int, int, int]:
-    "(world_size, rank, local_rank) from torch.distributed or the torchrun environment."
-    if dist.is_available() and dist.is_initialized(): 
-        return dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0))
-    return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-
-def _init_distributed(device: torch.device):
-    "Join the torchrun process group (gloo on CPU, NCCL on CUDA) if launched by torchrun and not yet joined."
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
-def _device(device, local_rank: int, world: int) -> torch.device:
-    dev = get_device(device)
-    if dev.type == "cuda" and world > 1 and dev.index is None:
-        dev = torch.device("cuda", local_rank); torch.cuda.set_device(dev)
-    return dev
-
-def _gather(obj, world: int) -> list:
-    if world == 1: return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-# %% ../nbs/05_finetune.ipynb #c4fe3482
-def _rng_state(loader_gen: torch.Generator) -> dict:
-    py = random.getstate()
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return dict(python=[py[0], list(py[1]), py[2]],
-                numpy=[name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-                torch=torch.get_rng_state(), loader=loader_gen.get_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
-
-def _set_rng_state(s: Mapping, loader_gen: torch.Generator):
-    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
-    name, keys, pos, has_gauss, gauss = s["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(s["torch"]); loader_gen.set_state(s["loader"])
-    if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
-
-def load_checkpoint(path: str | Path, # a `last.pt` written by `finetune`
-                   ) -> dict:
-    "Read a fine-tuning checkpoint safely (`weights_only=True`); `CheckpointError` names the file if it cannot."
-    path = Path(path)
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read fine-tuning checkpoint {str(path)!r}: {type(e).__name__}: {e}") from None
-    missing = {"config", "epoch", "model", "optimizer", "scheduler", "scaler", "history", "rng"} - set(ck)
-    if missing: raise CheckpointError(f"{str(path)!r} is not a fine-tuning checkpoint: missing {sorted(missing)}")
-    return ck
 
 # %% ../nbs/05_finetune.ipynb #b830d1c9
 def _check_options(task, mode="full", epochs=1, lr=1e-3, batch_size=1, layer_decay=None, warmup_epochs=1,
@@ -386,7 +186,6 @@ def _reinit_encoder(encoder: nn.Module, seed: int):
     "Re-initialise `encoder` in place, seeded: rebuilt from its `cfg` when it has one, else `reset_parameters`."
     set_seed(seed)
     if isinstance(getattr(encoder, "cfg", None), Mapping):
-        from vfm_transfer.encoders import build_encoder
         encoder.load_state_dict(build_encoder(**encoder.cfg).state_dict())
     else:
         for mod in encoder.modules():
@@ -403,14 +202,12 @@ def _predict(model: nn.Module, task: str, ds: Dataset, batch_size: int, device: 
     parts = []
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=_collate)
     for x, y in loader:
-        with torch.autocast(device.type, dtype=_amp_dtype(device), enabled=amp):
+        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
             out = model(x.to(device))
         parts.append(sample_metrics(task, out, y))
     model.train(was_training)
-    parts = [p for rank_parts in _gather(parts, world) for p in rank_parts]
+    parts = [p for rank_parts in gather_objects(parts, world) for p in rank_parts]
     return reduce_metrics(task, _cat(parts))
-
-def _amp_dtype(device: torch.device): return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 # %% ../nbs/05_finetune.ipynb #d387fec4
 def finetune(encoder: nn.Module, # has `forward_features`; or a complete model when `head` is None
@@ -434,82 +231,36 @@ def finetune(encoder: nn.Module, # has `forward_features`; or a complete model w
              loss: str = "l1", # restoration loss: "l1" | "l2"
              num_workers: int = 0, # DataLoader workers
              verbose: bool = True, # show a progress bar
+             evaluate_initial: bool = False, # also score the untrained model (an epoch-0 row)
             ) -> History:
     "Fine-tune `encoder` + `head` on `task`; validate every epoch; checkpoint and resume; DDP under torchrun."
-    world, rank, local_rank = _dist_info()
+    world, rank, local_rank = dist_info()
     spec = _check_args(task, mode, epochs, lr, batch_size, layer_decay, warmup_epochs, grad_clip, loss,
                        train_ds, val_ds, world)
-    dev = _device(device, local_rank, world)
-    set_seed(seed)
+    dev = resolve_device(device, local_rank, world)
+    if mode == "frozen" and head is None: raise ConfigError("mode='frozen' needs a head to train")
     if mode == "scratch":
         if head is None: raise ConfigError("mode='scratch' needs an encoder and a head; a complete model is trained from its own init with mode='full'")
         _reinit_encoder(encoder, seed)
+    set_seed(seed)
     model = TaskModel(encoder, head, frozen_encoder=mode == "frozen").to(dev)
-    if mode == "frozen" and head is None: raise ConfigError("mode='frozen' needs a head to train")
     _check_fit(model, task, spec, val_ds, dev)
     requires_grad = {n: p.requires_grad for n, p in encoder.named_parameters()}
     if mode == "frozen": encoder.requires_grad_(False)
-    config = dict(task=task, mode=mode, epochs=int(epochs), lr=float(lr), layer_decay=layer_decay,
-                  batch_size=int(batch_size), seed=int(seed), warmup_epochs=float(warmup_epochs),
-                  weight_decay=float(weight_decay), grad_clip=grad_clip, loss=loss, amp=bool(amp))
-    ckpt = Path(ckpt_dir) / "last.pt" if ckpt_dir is not None else None
-    ck = load_checkpoint(ckpt) if ckpt is not None and resume and ckpt.exists() else None
-    if ck is not None:
-        diff = {k: (ck["config"].get(k), v) for k, v in config.items() if ck["config"].get(k) != v}
-        if diff: raise CheckpointError(f"{str(ckpt)!r} was written with other settings {diff} (saved, asked); "
-                                       "use another ckpt_dir or resume=False")
-
-    _init_distributed(dev)
-    gen = torch.Generator(); gen.manual_seed(seed)
-    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    loader = DataLoader(train_ds, batch_size=batch_size // world, sampler=sampler, num_workers=num_workers,
-                        collate_fn=_collate, worker_init_fn=_seed_worker, generator=gen)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(param_groups(model, lr, weight_decay, layer_decay), lr=lr)
-    steps = len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(round(warmup_epochs * steps), epochs * steps))
-    scaler = torch.amp.GradScaler(dev.type, enabled=amp and dev.type == "cuda")
-    meta = dict(task=task, mode=mode, main_metric=spec["main_metric"], higher_is_better=spec["higher_is_better"],
-                seed=int(seed), epochs=int(epochs), world_size=world)
-    history, start = History(meta=meta), 0
-    if ck is not None:
-        model.load_state_dict(ck["model"]); opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"]); scaler.load_state_dict(ck["scaler"])
-        history.rows, start = [dict(r) for r in ck["history"]], int(ck["epoch"])
-        _set_rng_state(ck["rng"], gen)
-    # MONAI's TransformerBlock always creates a norm_cross_attn that is unused without cross-attention: find_unused
-    net = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     loss_fn = task_loss(task, loss)
-
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        net.train()
-        total = torch.zeros(2, dtype=torch.float64)
-        for x, y in progress(loader, desc=f"{task} {mode} epoch {epoch + 1}/{epochs}", disable=not verbose or rank):
-            x, y = x.to(dev), y.to(dev)
-            with torch.autocast(dev.type, dtype=_amp_dtype(dev), enabled=amp):
-                out = net(x)
-            batch_loss = loss_fn(out.float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(batch_loss).backward()
-            if grad_clip is not None:
-                scaler.unscale_(opt); nn.utils.clip_grad_norm_(trainable, grad_clip)
-            scaler.step(opt); scaler.update(); sched.step()
-            total += torch.tensor([batch_loss.item() * len(x), len(x)], dtype=torch.float64)
-        if world > 1: dist.all_reduce(total)
-        train_seconds = time.perf_counter() - t0
-        metrics = _predict(model, task, val_ds, batch_size, dev, amp, world, rank)
-        history.rows.append(dict(epoch=epoch + 1, train_loss=(total[0] / total[1]).item(), **metrics,
-                                 lr=max(sched.get_last_lr()), seconds=time.perf_counter() - t0,
-                                 train_seconds=train_seconds))
-        if ckpt is not None and rank == 0:
-            atomic_torch_save(dict(config=config, epoch=epoch + 1, model=model.state_dict(), optimizer=opt.state_dict(),
-                                   scheduler=sched.state_dict(), scaler=scaler.state_dict(), history=history.rows,
-                                   rng=_rng_state(gen)), ckpt)
-        if world > 1: dist.barrier()
-    for n, p in encoder.named_parameters(): p.requires_grad_(requires_grad[n])  # undo the freeze
-    return history
+    def step(net, batch):
+        x, y = batch
+        return loss_fn(net(x.to(dev)).float(), y.to(dev))
+    recipe = Recipe(model, step, train_ds, batch_size=batch_size, collate=_collate, num_workers=num_workers,
+                    evaluate=lambda m: _predict(m, task, val_ds, batch_size, dev, amp, world, rank))
+    meta = dict(task=task, mode=mode, main_metric=spec["main_metric"], higher_is_better=spec["higher_is_better"])
+    try:
+        return fit(recipe, epochs, lr, weight_decay=weight_decay, layer_decay=layer_decay, warmup_epochs=warmup_epochs,
+                   grad_clip=grad_clip, amp=amp, seed=seed, device=dev, ckpt_dir=ckpt_dir, resume=resume,
+                   config=dict(task=task, mode=mode, loss=loss), meta=meta, desc=f"{task} {mode}", verbose=verbose,
+                   evaluate_initial=evaluate_initial)
+    finally:
+        for n, p in encoder.named_parameters(): p.requires_grad_(requires_grad[n])  # undo the freeze
 
 # %% ../nbs/05_finetune.ipynb #47c6eb47
 def evaluate(encoder: nn.Module, # an encoder, or a complete model when `head` is None
@@ -523,8 +274,8 @@ def evaluate(encoder: nn.Module, # an encoder, or a complete model when `head` i
     "The task's metrics of `encoder` + `head` (or of a complete model) on `test_ds`."
     task_spec(task)
     if test_ds is None or len(test_ds) == 0: raise ConfigError("test_ds is empty: nothing to evaluate")
-    world, rank, local_rank = _dist_info()
-    dev = _device(device, local_rank, world)
+    world, rank, local_rank = dist_info()
+    dev = resolve_device(device, local_rank, world)
     model = TaskModel(encoder, head).to(dev)
     return _predict(model, task, test_ds, batch_size, dev, amp, world if dist.is_initialized() else 1, rank)
 
@@ -534,7 +285,6 @@ def build_specialised(task: str, # one of data.TASKS
                       channels: Sequence[int] = (16, 32, 64), # UNet channels per level
                      ) -> nn.Module:
     "A small task-specific network from MONAI: DenseNet (classification) or UNet (segmentation, restoration)."
-    from monai.networks.nets import DenseNet, UNet
     spec = task_spec(task)
     if spec["kind"] == "classification":
         return DenseNet(spatial_dims=3, in_channels=in_channels, out_channels=spec["out_channels"], init_features=16,
@@ -544,52 +294,47 @@ def build_specialised(task: str, # one of data.TASKS
 
 # %% ../nbs/05_finetune.ipynb #c7c7752d
 INITS = ("mae", "contrastive", "scratch", "specialised", "scratch_contrastive")
-FINETUNE_OPTIONS = ("mode", "epochs", "lr", "layer_decay", "batch_size", "amp", "warmup_epochs", "weight_decay",
-                    "grad_clip", "loss", "num_workers", "verbose")
-_FROM_PROFILE = dict(epochs="finetune_epochs", lr="lr", layer_decay="layer_decay", batch_size="batch_size", amp="amp",
-                     warmup_epochs="warmup_epochs", weight_decay="weight_decay", num_workers="num_workers")
+RUN_OPTIONS = ("mode", "grad_clip", "loss", "verbose")  # run_finetune's own options; all else is a profile field
 
 def _features(encoder: nn.Module, ds: Dataset, batch_size: int, device: torch.device) -> torch.Tensor:
     "Mean-pooled final tokens (N, d), float32 on CPU, of the inputs of `ds`."
-    from vfm_transfer.encoders import extract_features
     return extract_features(encoder, ds, pool="mean", batch_size=batch_size, device=device).float().cpu()
 
-def _make_task_dataset(task, split, p, seed):
-    from vfm_transfer.data import make_task_dataset
-    return make_task_dataset(task, split=split, profile=p, seed=seed)
-
-def _split_overrides(profile, overrides: Mapping) -> tuple[Any, dict]:
-    base = load_profile(profile) if isinstance(profile, str) else load_profile(profile)
-    unknown = sorted(set(overrides) - set(FINETUNE_OPTIONS) - set(base))
+def _split_overrides(profile, overrides: Mapping) -> tuple[Profile, dict]:
+    "(the profile with its field overrides, the run options) of `run_finetune`'s keyword arguments."
+    base = load_profile(profile)
+    unknown = sorted(set(overrides) - set(RUN_OPTIONS) - set(base))
     if unknown:
-        raise ConfigError(f"unknown run_finetune option(s) {unknown}; fine-tuning options are {sorted(FINETUNE_OPTIONS)}, "
+        raise ConfigError(f"unknown run_finetune option(s) {unknown}; run options are {sorted(RUN_OPTIONS)}, "
                           f"profile fields are {sorted(base)}")
-    p = base.replace(**{k: v for k, v in overrides.items() if k not in FINETUNE_OPTIONS})
-    ft = {k: p[v] for k, v in _FROM_PROFILE.items()}
-    ft.update({k: v for k, v in overrides.items() if k in FINETUNE_OPTIONS})
-    return p, ft
+    p = base.replace(**{k: v for k, v in overrides.items() if k not in RUN_OPTIONS})
+    return p, {k: v for k, v in overrides.items() if k in RUN_OPTIONS}
+
+def _finetune_options(p: Profile, init: str, options: Mapping) -> dict:
+    "The keyword arguments of `finetune` for a run of `init` under profile `p`."
+    ft = dict(epochs=p.finetune_epochs, lr=p.lr, batch_size=p.batch_size, amp=p.amp, warmup_epochs=p.warmup_epochs,
+              weight_decay=p.weight_decay, num_workers=p.num_workers,
+              layer_decay=None if init == "specialised" else p.layer_decay,
+              mode="scratch" if init in SCRATCH_INITS else "full")
+    return {**ft, **options}
 
 # %% ../nbs/05_finetune.ipynb #2a4df0ec
 _ARCH_OF = {"mae": "mae", "contrastive": "contrastive", "scratch": "random", "scratch_contrastive": "contrastive"}
 SCRATCH_INITS = ("scratch", "scratch_contrastive")  # trained from random initialisation (mode "scratch")
 
-def _build_for_run(task: str, init: str, p, seed: int):
+def _build_for_run(task: str, init: str, p: Profile, seed: int):
     "(encoder or model, head, random-init encoder or None) for `run_finetune`."
     if init == "specialised":
         set_seed(seed)
         return build_specialised(task), None, None
-    from vfm_transfer.encoders import build_encoder, encoder_config
-    from vfm_transfer.heads import build_head
-    from vfm_transfer.pretrain import init_encoder_config, pretrained_encoder
     set_seed(seed)
     # the random reference has the architecture of the model it is compared with (ProViCNet's for a ProViCNet checkpoint)
     random_enc = build_encoder(**init_encoder_config(_ARCH_OF.get(init, "random"), p))
     if init in ("mae", "contrastive"):
         enc = pretrained_encoder(init, profile=p, seed=seed)
     elif init in SCRATCH_INITS:
-        enc = copy.deepcopy(random_enc)
+        enc = random_enc  # mode "scratch": `finetune` re-initialises it with the same seed, so its features are these
     else:
-        from vfm_transfer.encoders import load_pretrained
         enc = build_encoder(**encoder_config(p))
         load_pretrained(enc, init)
     set_seed(seed)
@@ -599,31 +344,32 @@ def _build_for_run(task: str, init: str, p, seed: int):
 
 def run_finetune(task: str, # one of data.TASKS
                  init: str = "mae", # "mae" | "contrastive" | "scratch" | "specialised" | a checkpoint path
-                 profile: str | Mapping = "tiny", # a profile name or a `core.Profile`
+                 profile: str | Mapping = "tiny", # a profile name, a mapping or a `core.Profile`
                  seed: int = 0, # seeds the data splits, the init and training
                  run_dir: str | Path | None = None, # where outputs go; default <cache>/runs/<config hash>
                  device: str = "auto",
-                 **overrides, # fine-tuning options (mode, epochs, lr, ...) or profile fields (n_train, ...)
+                 **overrides, # profile fields (finetune_epochs, lr, n_train, ...) or run options (mode, grad_clip, loss, verbose)
                 ) -> History:
     "Fine-tune the profile's encoder at `init` on `task`, score the test set, save history, checkpoint and features."
     spec = task_spec(task)
     init = str(init)
     if init not in INITS and not Path(init).is_file():
         raise ConfigError(f"unknown init {init!r}; expected one of {list(INITS)} or an existing checkpoint file")
-    p, ft = _split_overrides(profile, overrides)
-    ft.setdefault("mode", "scratch" if init in SCRATCH_INITS else "full")
-    if init == "specialised": ft["layer_decay"] = None
+    p, options = _split_overrides(profile, overrides)
+    ft = _finetune_options(p, init, options)
     _check_options(task, **ft)
     init_key = init if init in INITS else {"path": str(Path(init).resolve()), "sha256": sha256_file(init)}
-    config = dict(task=task, init=init_key, profile=dict(p), seed=int(seed), finetune={k: v for k, v in ft.items() if k != "verbose"})
+    # the key: the profile (every hyperparameter lives there once), the init, the seed and the run options
+    config = dict(task=task, init=init_key, profile=dict(p), seed=int(seed),
+                  options={k: v for k, v in ft.items() if k in ("mode", "grad_clip", "loss")})
     run_dir = Path(run_dir) if run_dir is not None else cache_dir(config, "runs")
     hist_path, test_path = run_dir / "history.json", run_dir / "test_metrics.json"
     if test_path.exists() and hist_path.exists(): return History.load(hist_path)
 
-    world, rank, _ = _dist_info()
-    splits = {s: _make_task_dataset(task, s, p, seed) for s in ("train", "val", "test")}
+    world, rank, _ = dist_info()
+    splits = {s: make_task_dataset(task, split=s, profile=p, seed=seed) for s in ("train", "val", "test")}
     enc, head, random_enc = _build_for_run(task, init, p, seed)
-    dev = get_device(device)
+    dev = resolve_device(device)
     bs = ft["batch_size"]
     feats = {}
     if head is not None and rank == 0:
@@ -644,8 +390,7 @@ def run_finetune(task: str, # one of data.TASKS
 def transfer_inits(profile: str | Mapping = "tiny", # a profile name or a `core.Profile`
                   ) -> tuple[str, ...]:
     "The inits the transfer-limits experiment runs: both VFMs, scratch, specialised, and a contrastive-architecture scratch if it differs."
-    from vfm_transfer.pretrain import init_encoder_config
-    p = load_profile(profile) if isinstance(profile, str) else load_profile(profile)
+    p = load_profile(profile)
     extra = ("scratch_contrastive",) if init_encoder_config("contrastive", p) != init_encoder_config("random", p) else ()
     return ("mae", "contrastive", "scratch", "specialised") + extra
 
@@ -666,7 +411,6 @@ def gain(value: float, # the model's test metric
 def gain_table(histories: Mapping, # {(task, init): History} with the test metrics in `meta["test"]`
               ):
     "One row per (task, model): main metric, test value, its scratch reference and the gain over it (%)."
-    import pandas as pd
     inits = {i for _, i in histories}
     rows = []
     for (task, init), h in histories.items():

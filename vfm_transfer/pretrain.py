@@ -6,28 +6,32 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from monai.networks.nets import MaskedAutoEncoderViT
+from monai.transforms import (Compose, RandAffine, RandAxisFlip, RandGaussianNoise, RandScaleCrop, RandScaleIntensity,
+                              RandShiftIntensity, Resize)
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from .core import (ConfigError, DataError, atomic_torch_save, cache_dir, check_choice, get_device,
-                               load_profile, progress, set_seed)
+from .core import (ConfigError, DataError, Profile, atomic_torch_save, cache_dir, check_choice,
+                               load_profile, set_seed)
+from .data import unlabeled_dataset
 from .encoders import (PROVICNET_SEQUENCES, ViTEncoder, build_encoder, encoder_config, filter_mae,
                                    load_pretrained, profound_encoder_config)
+from .train import History, Recipe, dist_info, fit
 
 # %% auto #0
-__all__ = ['INITS', 'CHECKPOINT_FIELDS', 'dataset_key', 'patchify', 'masked_patch_loss', 'build_mae', 'contrastive_augment',
-           'info_nce', 'PretrainResult', 'pretrain_mae', 'ContrastiveModel', 'pretrain_contrastive',
-           'init_encoder_config', 'checkpoint_encoder', 'pretrained_encoder']
+__all__ = ['WARMUP_FRACTION', 'ENCODER_INITS', 'CHECKPOINT_FIELDS', 'dataset_key', 'patchify', 'masked_patch_loss', 'build_mae',
+           'contrastive_augment', 'info_nce', 'PretrainResult', 'pretrain_mae', 'ContrastiveModel',
+           'pretrain_contrastive', 'init_encoder_config', 'checkpoint_encoder', 'pretrained_encoder']
 
 # %% ../nbs/03_pretrain.ipynb #6e8fb7e2
 def _image(item) -> torch.Tensor:
@@ -126,8 +130,6 @@ def contrastive_augment(img_size: Sequence[int], # the encoder's input size; cro
                         noise_std: float = 0.1,
                        ):
     "MONAI transforms making one random view of a (C, *spatial) image: crop-resize, flips, affine, intensity, noise."
-    from monai.transforms import (Compose, RandAffine, RandAxisFlip, RandGaussianNoise, RandScaleCrop,
-                                  RandScaleIntensity, RandShiftIntensity, Resize)
     nd = len(img_size)
     t = Compose([
         RandScaleCrop(roi_scale=min_crop, max_roi_scale=1.0, random_size=True),
@@ -166,38 +168,7 @@ class PretrainResult:
     path: Path | None # the cached checkpoint
     cached: bool = False # True when loaded from the cache instead of trained
     config: dict = field(default_factory=dict) # the config the cache key is made from
-
-# %% ../nbs/03_pretrain.ipynb #a6a3f98c
-def _cosine_lambda(total: int, warmup: int):
-    def f(step):
-        if step < warmup: return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-    return f
-
-def _fit(model: nn.Module, loss_fn: Callable, loader: DataLoader, epochs: int, lr: float,
-         weight_decay: float, desc: str, max_grad_norm: float = 1.0) -> list[float]:
-    "Train `model` with AdamW + warm-up/cosine on `loss_fn(batch)`; returns the mean loss per epoch."
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    total = epochs * len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_lambda(total, max(1, total // 20)))
-    model.train()
-    losses, bar = [], progress(total=total, desc=desc)
-    for _ in range(epochs):
-        tot, n = 0.0, 0
-        for x in loader:
-            loss = loss_fn(x)
-            if not torch.isfinite(loss): raise ConfigError(f"{desc}: loss became {loss.item()}; lower lr (now {lr})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, max_grad_norm)
-            opt.step(); sched.step()
-            tot += loss.item() * len(x); n += len(x)
-            bar.update(1)
-        losses.append(tot / n)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    bar.close()
-    return losses
+    resumed_from: int = 0 # the epoch an interrupted run resumed from (0: trained from the start, or cached)
 
 # %% ../nbs/03_pretrain.ipynb #a0dd2850
 def _load_cached(path: Path, encoder_cfg: dict):
@@ -217,8 +188,11 @@ def _check_budget(epochs, lr, batch_size, n):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ConfigError(f"{name} must be an int >= 1, got {v!r}")
     if not lr > 0: raise ConfigError(f"lr must be > 0, got {lr!r}")
 
+WARMUP_FRACTION = 0.05  # of the pretraining steps
+
 def _pretrain(objective: str, encoder_cfg: Mapping, ds: Dataset, epochs: int, lr: float, batch_size: int,
-              seed: int, device, cache: bool, data_key, options: dict, make_loss: Callable) -> PretrainResult:
+              seed: int, device, cache: bool, data_key, options: dict, make_recipe: Callable,
+              verbose: bool = True) -> PretrainResult:
     _check_budget(epochs, lr, batch_size, len(ds))
     encoder_cfg = dict(encoder_cfg)
     set_seed(seed)
@@ -230,18 +204,21 @@ def _pretrain(objective: str, encoder_cfg: Mapping, ds: Dataset, epochs: int, lr
         raise DataError(f"unlabeled dataset images must have shape {want} for this encoder, got {tuple(x0.shape)}")
     config = dict(objective=objective, encoder_cfg=encoder_cfg, data=dict(dataset_key(ds), key=data_key),
                   epochs=epochs, lr=float(lr), batch_size=batch_size, seed=seed, **options)
-    path = cache_dir(config, kind="pretrain") / "encoder.pt"
+    folder = cache_dir(config, kind="pretrain")
+    path = folder / "encoder.pt"
     if cache and path.exists():
         hit = _load_cached(path, encoder_cfg)
         if hit is not None: return PretrainResult(hit[0], hit[1], path, cached=True, config=config)
-    dev = get_device(device)
-    loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed), collate_fn=_stack_images)
-    model, loss_fn, to_encoder = make_loss(enc, dev)
-    losses = _fit(model.to(dev), loss_fn, loader, epochs, lr, options.get("weight_decay", 0.05), f"pretrain {objective}")
-    enc = to_encoder(model).cpu().eval()
-    atomic_torch_save(dict(state_dict=enc.state_dict(), losses=losses, encoder_cfg=encoder_cfg, objective=objective), path)
-    return PretrainResult(enc, losses, path, cached=False, config=config)
+    recipe, to_encoder = make_recipe(enc, min(batch_size, len(ds)))
+    # cache=False retrains from scratch: the checkpoint of an earlier run is not resumed, and is overwritten
+    h = fit(recipe, epochs, lr, weight_decay=options.get("weight_decay", 0.05), warmup_epochs=WARMUP_FRACTION * epochs,
+            grad_clip=1.0, seed=seed, device=device, ckpt_dir=folder, resume=cache, desc=f"pretrain {objective}",
+            verbose=verbose, meta=dict(objective=objective))
+    losses = [r["train_loss"] for r in h.rows]
+    enc = to_encoder(recipe.model).cpu().eval()
+    if dist_info()[1] == 0:
+        atomic_torch_save(dict(state_dict=enc.state_dict(), losses=losses, encoder_cfg=encoder_cfg, objective=objective), path)
+    return PretrainResult(enc, losses, path, cached=False, config=config, resumed_from=h.meta["resumed_from"])
 
 # %% ../nbs/03_pretrain.ipynb #aefd37be
 def pretrain_mae(encoder_cfg: Mapping, # `build_encoder` kwargs (e.g. `encoders.encoder_config(profile)`)
@@ -257,22 +234,24 @@ def pretrain_mae(encoder_cfg: Mapping, # `build_encoder` kwargs (e.g. `encoders.
                  data_key: str | None = None, # extra dataset identity for the cache key (e.g. "unlabeled/tiny/0")
                  weight_decay: float = 0.05,
                  decoder_num_layers: int = 2,
+                 verbose: bool = True, # show a progress bar
                 ) -> PretrainResult:
     "Masked-autoencoder pretraining of a `ViTEncoder` (MONAI `MaskedAutoEncoderViT`, loss on masked patches)."
     if not 0 < mask_ratio < 1: raise ConfigError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
-    def make(enc, dev):
+    def make(enc, batch):
         mae = build_mae(enc, mask_ratio=mask_ratio, decoder_num_layers=decoder_num_layers)
-        def loss_fn(x):
-            x = x.to(dev)
-            pred, mask = mae(x)
-            return masked_patch_loss(pred, patchify(x, enc.patch_size), mask.to(dev), norm_pix_loss)
+        def loss_fn(net, x):
+            x = x.to(next(mae.parameters()).device)
+            pred, mask = net(x)
+            return masked_patch_loss(pred, patchify(x, enc.patch_size), mask.to(x.device), norm_pix_loss)
         def to_encoder(m):
             enc.load_state_dict(_mae_to_vit(m, enc))
             return enc
-        return mae, loss_fn, to_encoder
+        return Recipe(mae, loss_fn, unlabeled_ds, batch_size=batch, collate=_stack_images, drop_last=True), to_encoder
     opts = dict(mask_ratio=float(mask_ratio), norm_pix_loss=norm_pix_loss, weight_decay=weight_decay,
                 decoder_num_layers=decoder_num_layers)
-    return _pretrain("mae", encoder_cfg, unlabeled_ds, epochs, lr, batch_size, seed, device, cache, data_key, opts, make)
+    return _pretrain("mae", encoder_cfg, unlabeled_ds, epochs, lr, batch_size, seed, device, cache, data_key, opts, make,
+                     verbose)
 
 # %% ../nbs/03_pretrain.ipynb #d87146bb
 class ContrastiveModel(nn.Module):
@@ -301,6 +280,7 @@ def pretrain_contrastive(encoder_cfg: Mapping, # `build_encoder` kwargs (e.g. `e
                          data_key: str | None = None, # extra dataset identity for the cache key
                          weight_decay: float = 0.05,
                          min_crop: float = 0.9, # smallest crop side of a view, as a fraction of the image
+                         verbose: bool = True, # show a progress bar
                         ) -> PretrainResult:
     "Contrastive (SimCLR InfoNCE) pretraining of a `ViTEncoder` on two MONAI-augmented views per volume."
     if not temperature > 0: raise ConfigError(f"temperature must be > 0, got {temperature}")
@@ -308,27 +288,32 @@ def pretrain_contrastive(encoder_cfg: Mapping, # `build_encoder` kwargs (e.g. `e
     if min(batch_size, len(unlabeled_ds)) < 2:
         raise ConfigError(f"contrastive pretraining needs batch_size >= 2 and >= 2 images (negatives); got "
                           f"batch_size {batch_size}, {len(unlabeled_ds)} images")
-    def make(enc, dev):
+    def make(enc, batch):
         model = ContrastiveModel(enc, proj_dim=proj_dim)
         aug = contrastive_augment(enc.img_size, seed=seed, min_crop=min_crop)
-        def loss_fn(x):
-            v1, v2 = _views(x, aug).to(dev), _views(x, aug).to(dev)
-            return info_nce(model(v1), model(v2), temperature)
-        return model, loss_fn, lambda m: m.encoder
+        def reseed(epoch):  # the views of an epoch depend on (seed, epoch, rank) only: resumable
+            aug.set_random_state(seed=int(np.random.SeedSequence([seed, epoch, dist_info()[1]]).generate_state(1)[0]))
+        def loss_fn(net, x):
+            views = torch.cat([_views(x, aug), _views(x, aug)]).to(next(model.parameters()).device)
+            z1, z2 = net(views).chunk(2)
+            return info_nce(z1, z2, temperature)
+        recipe = Recipe(model, loss_fn, unlabeled_ds, batch_size=batch, collate=_stack_images, drop_last=True,
+                        on_epoch_start=reseed)
+        return recipe, lambda m: m.encoder
     opts = dict(temperature=float(temperature), proj_dim=proj_dim, weight_decay=weight_decay, min_crop=float(min_crop))
     return _pretrain("contrastive", encoder_cfg, unlabeled_ds, epochs, lr, batch_size, seed, device, cache, data_key,
-                     opts, make)
+                     opts, make, verbose)
 
 # %% ../nbs/03_pretrain.ipynb #5da43887
-INITS = ("mae", "contrastive", "random")
+ENCODER_INITS = ("mae", "contrastive", "random")  # the encoders behind run inits (finetune.INITS)
 CHECKPOINT_FIELDS = {"mae": "profound_ckpt", "contrastive": "provicnet_ckpt"}  # the profile path that replaces pretraining
 
 def init_encoder_config(init: str, # "mae" | "contrastive" | "random"
                         profile: str | Mapping = "tiny", # a profile name or a `core.Profile`
                        ) -> dict:
     "`build_encoder` kwargs of the encoder behind `init`: the checkpoint's architecture if the profile names one."
-    check_choice(init, INITS, "init")
-    p = load_profile(profile) if isinstance(profile, str) else load_profile(profile)
+    check_choice(init, ENCODER_INITS, "init")
+    p = load_profile(profile)
     if init == "contrastive" and p.get("provicnet_ckpt"):
         return dict(arch="provicnet", size=p.provicnet_size, img_size=tuple(p.img_size), patch_size=int(p.provicnet_patch),
                     in_channels=3)
@@ -350,7 +335,7 @@ def checkpoint_encoder(init: str, # "mae" (profound_ckpt) | "contrastive" (provi
                        profile: str | Mapping, # a profile naming the checkpoint
                       ) -> nn.Module:
     "The encoder of `init` with the profile's real checkpoint loaded strictly."
-    p = load_profile(profile) if isinstance(profile, str) else load_profile(profile)
+    p = load_profile(profile)
     field = CHECKPOINT_FIELDS.get(init)
     if field is None or not p.get(field):
         raise ConfigError(f"init {init!r}: the profile names no checkpoint for it (profound_ckpt for 'mae', "
@@ -370,8 +355,8 @@ def pretrained_encoder(init: str = "mae", # "mae" | "contrastive" | "random"
                        device: str = "auto", # where pretraining runs (the encoder is returned on CPU)
                       ) -> nn.Module:
     "The profile's encoder at `init`: its real checkpoint, pretrained in-run (cached) with MAE or contrastive, or random."
-    check_choice(init, INITS, "init")
-    p = load_profile(profile) if isinstance(profile, str) else load_profile(profile)
+    check_choice(init, ENCODER_INITS, "init")
+    p = load_profile(profile)
     cfg = init_encoder_config(init, p)
     if init == "random":
         set_seed(seed)
@@ -381,7 +366,6 @@ def pretrained_encoder(init: str = "mae", # "mae" | "contrastive" | "random"
     if not p.pretrain_epochs or p.pretrain_epochs < 1:
         raise ConfigError(f"profile {p.get('name')!r} has pretrain_epochs={p.pretrain_epochs}: it uses real checkpoints, "
                           f"not in-run pretraining; set {field} (a papermill parameter or $VFM_TRANSFER_{field.upper()})")
-    from vfm_transfer.data import unlabeled_dataset
     ds = unlabeled_dataset(p, seed=seed)
     kw = dict(epochs=p.pretrain_epochs, lr=p.pretrain_lr, batch_size=p.batch_size, seed=seed, device=device,
               data_key=f"unlabeled_dataset/{p.get('name')}/{seed}")
