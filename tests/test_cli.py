@@ -31,3 +31,13 @@ def test_unknown_profile_is_a_usage_error():
 def test_unknown_experiment_names_the_valid_ones(tmp_path):
     r = run("reproduce", "--profile", "micro", "--only", "no_such_notebook", "--out", str(tmp_path))
     assert r.returncode == 2 and "unknown experiment(s) ['no_such_notebook']" in r.stderr
+
+
+def test_make_data_is_a_verb():
+    r = run("make-data", "--help")
+    assert r.returncode == 0 and "manifest.csv" in r.stdout and "--size" in r.stdout
+
+
+def test_reproduce_help_says_where_outputs_go():
+    r = run("reproduce", "--help")
+    assert r.returncode == 0 and "figures-<profile>/" in r.stdout

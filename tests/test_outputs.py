@@ -101,7 +101,8 @@ def test_notebooks_run_in_place_write_only_their_own_folders(figures, tmp_path):
     for name in ("kd_retrieval", "kd_compute"):  # one after the other, both with the default out_dir
         nb = _run_in_place(name, tmp_path / f"{name}.executed.ipynb")
         ran[name] = _files(figures.parent / "figures-micro" / name)
-        printed = "".join(o.get("text", "") for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []))
+        printed = "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code"
+                          for o in c.get("outputs", []))
         assert str(figures.parent / "figures-micro" / name) in printed, "the notebook does not say where outputs go"
     after = {str(p.relative_to(ROOT / "nbs")) for p in (ROOT / "nbs").rglob("*")}
     assert after == before, f"written into nbs/: {sorted(after - before)}"

@@ -254,7 +254,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--notebooks", default=None, help="folder of experiment notebooks (default: nbs/experiments)")
     r.add_argument("--kernel", default=None, help="jupyter kernel (default: vfm-transfer if registered)")
     sub.add_parser("list", help="list the experiment notebooks")
-    d = sub.add_parser("make-data", help="write a small synthetic NIfTI dataset and its manifest.csv into DIR (e.g. data/demo)")
+    about = "write a small synthetic NIfTI dataset and its manifest.csv into DIR (e.g. data/demo); see data/README.md"
+    d = sub.add_parser("make-data", help=about, description=about)
     d.add_argument("dir", help="folder to write (created)")
     d.add_argument("--n", type=int, default=24, help="number of cases (default: 24)")
     d.add_argument("--size", type=int, nargs="+", default=[32], metavar="N", help="volume grid, one or three ints (default: 32)")
