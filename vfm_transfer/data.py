@@ -8,16 +8,20 @@ from __future__ import annotations
 import collections
 import csv
 import functools
+import hashlib
 import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import NormalizeIntensity
+from fastcore.basics import patch
+from monai.data import MetaTensor
+from monai.transforms import NormalizeIntensity, Orientation, ResizeWithPadOrCrop, Spacing
 from scipy import ndimage
 from torch.utils.data import Dataset
 
@@ -30,7 +34,7 @@ __all__ = ['CHANNELS', 'CS_RADIUS', 'CS_CONTRAST', 'FOV_MM', 'TASKS', 'TASK_SPEC
            'generate_case', 'SyntheticProstate', 'through_plane_degrade', 'epi_displacement', 'apply_displacement',
            'TaskDataset', 'make_task_dataset', 'unlabeled_dataset', 'render_2d', 'SyntheticImages2D',
            'make_kd_datasets', 'load_volume', 'save_volume', 'ProstateManifest', 'write_synthetic_manifest',
-           'ImageFolderDataset', 'image_folder_kd_datasets']
+           'ImageFolderDataset', 'image_folder_kd_datasets', 'item_image', 'dataset_key']
 
 # %% ../nbs/01_data.ipynb #60faf93f
 CHANNELS = ("t2w", "dwi", "adc")  # ProFound's channel order
@@ -277,9 +281,6 @@ def apply_displacement(vol: torch.Tensor, # (C, D, H, W) raw intensities
     return out
 
 # %% ../nbs/01_data.ipynb #9748b96c
-def _as_profile(profile) -> Profile:
-    return profile if isinstance(profile, Profile) else load_profile(profile)
-
 def _task_item(task: str, case: dict, profile: Profile, seed: int, index: int, split: str) -> dict:
     "Turn one case dict into the task's {input, target, meta}."
     img = case["image"]
@@ -343,7 +344,7 @@ def make_task_dataset(task: str, # one of TASKS
                      ) -> TaskDataset:
     "The dataset of one task and split: items {input (3,D,H,W), target, meta}."
     check_choice(task, TASKS, "task"); check_choice(split, SPLITS, "split")
-    profile = _as_profile(profile)
+    profile = load_profile(profile)
     if profile.get("manifest"):
         cases = ProstateManifest(profile.manifest, profile=profile).split(split, seed=seed)
     else:
@@ -355,7 +356,7 @@ def unlabeled_dataset(profile: str | Profile = "tiny", # sizes; n_unlabeled case
                       seed: int = 0,
                      ) -> Dataset:
     "Unlabeled cases for pretraining, disjoint from every task split: items {image, ...} as `SyntheticProstate`."
-    profile = _as_profile(profile)
+    profile = load_profile(profile)
     if profile.get("manifest"):
         return ProstateManifest(profile.manifest, profile=profile).split("unlabeled", seed=seed)
     start, n = _split_ranges(profile)["unlabeled"]
@@ -473,7 +474,7 @@ def make_kd_datasets(profile: str | Profile = "tiny", # img2d_size, n_classes_2d
                     ) -> dict:
     "The pools of the 2-D distillation experiments: labeled {k: ds}, val, test, in_domain, generic, gallery, n_classes."
     from torch.utils.data import Subset
-    p = _as_profile(profile)
+    p = load_profile(profile)
     if p.get("image_root"): return image_folder_kd_datasets(p, seed, segmentation)  # real images (defined below)
     C, size = p.n_classes_2d, p.img2d_size
     if not C: raise ConfigError(f"profile {p.get('name')!r} has no n_classes_2d: the synthetic 2-D data needs it, "
@@ -507,7 +508,6 @@ def load_volume(path: str | Path, # a .nii or .nii.gz file
                 dtype=np.float32, # output dtype
                ) -> tuple[np.ndarray, np.ndarray]:
     "Read a NIfTI volume: (array, affine (4, 4) float64); any failure is a `DataError` naming the file."
-    import nibabel as nib
     path = Path(path)
     _check_nifti_name(path)
     if not path.is_file(): raise DataError(f"NIfTI file not found: {path}")
@@ -528,7 +528,6 @@ def save_volume(path: str | Path, # destination, .nii or .nii.gz
                 affine: np.ndarray | torch.Tensor | None = None, # voxel -> world (4, 4); identity if None
                ) -> Path:
     "Write a NIfTI volume atomically, keeping the affine; returns the path."
-    import nibabel as nib
     path = Path(path)
     _check_nifti_name(path)
     arr = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
@@ -574,7 +573,7 @@ class ProstateManifest(Dataset):
                 ):
         self.path = Path(csv_path)
         if not self.path.is_file(): raise DataError(f"manifest not found: {self.path}")
-        p = _as_profile(profile)
+        p = load_profile(profile)
         self.size = tuple(int(s) for s in p.vol_size)
         self.spacing = tuple(float(s) for s in (spacing or p.get("spacing") or DEFAULT_SPACING))
         self.cache, self._cache = cache, {}
@@ -615,8 +614,6 @@ class ProstateManifest(Dataset):
 
 # %% ../nbs/01_data.ipynb #caf3eeb0
 def _load_case(self: ProstateManifest, i: int) -> dict:
-    from monai.data import MetaTensor
-    from monai.transforms import Orientation, ResizeWithPadOrCrop, Spacing
     row = self.rows[i]; cid = row["case_id"]
     vols, ref = {}, None
     for c, fp in row["files"].items():
@@ -670,7 +667,9 @@ def _case_key(self: ProstateManifest, i: int) -> tuple:
     files = tuple((c, str(fp.resolve()), stats[c].st_mtime_ns, stats[c].st_size) for c, fp in sorted(row["files"].items()))
     return (files, row["label"], self.size, self.spacing)
 
-def _manifest_getitem(self: ProstateManifest, i: int) -> dict:
+@patch
+def __getitem__(self: ProstateManifest, i: int) -> dict:
+    "The preprocessed case `i`: a dict of image, masks, label, affine, stats and case id."
     if i < 0: i += len(self)
     if not 0 <= i < len(self): raise IndexError(f"case {i} out of range for {len(self)} cases")
     if i in self._cache: return self._cache[i]
@@ -682,8 +681,6 @@ def _manifest_getitem(self: ProstateManifest, i: int) -> dict:
     if self.cache: self._cache[i] = c
     return dict(c)  # a shallow copy: callers may add keys without touching the memo
 
-ProstateManifest.__getitem__ = _manifest_getitem
-
 # %% ../nbs/01_data.ipynb #b0bbbd15
 class _ManifestSplit(Dataset):
     def __init__(self, manifest: ProstateManifest, indices: Sequence[int]):
@@ -691,7 +688,12 @@ class _ManifestSplit(Dataset):
     def __len__(self): return len(self.indices)
     def __getitem__(self, i): return self.manifest[self.indices[i]]
 
-def _manifest_split(self: ProstateManifest, name: str, seed: int = 0) -> Dataset:
+@patch
+def split(self: ProstateManifest,
+          name: str, # "train" | "val" | "test" | "unlabeled"
+          seed: int = 0, # seeds the 60/20/20 split of a manifest without a split column
+         ) -> Dataset:
+    "The cases of split `name`: the rows the `split` column names, or a seeded 60/20/20 partition."
     check_choice(name, SPLITS + ("unlabeled",), "split")
     if self.has_split:
         idx = [i for i, r in enumerate(self.rows) if r["split"] == name]
@@ -703,8 +705,6 @@ def _manifest_split(self: ProstateManifest, name: str, seed: int = 0) -> Dataset
         idx = sorted(np.split(perm, cut)[SPLITS.index(name)].tolist())
     if not idx: raise DataError(f"manifest {self.path}: no cases in split {name!r}")
     return _ManifestSplit(self, idx)
-
-ProstateManifest.split = _manifest_split
 
 # %% ../nbs/01_data.ipynb #f68929c2
 def write_synthetic_manifest(out_dir: str | Path, # folder for the NIfTI files and manifest.csv
@@ -780,7 +780,7 @@ def image_folder_kd_datasets(profile: str | Profile, # image_root, gallery_root,
                             ) -> dict:
     "`make_kd_datasets`' pools from an image folder (`image_root`) and a gallery folder (`gallery_root`)."
     from torch.utils.data import Subset
-    p = _as_profile(profile)
+    p = load_profile(profile)
     if segmentation:
         raise ConfigError("image folders carry no masks: the segmentation distillation task runs on synthetic data only")
     if not p.get("gallery_root"):
@@ -817,3 +817,25 @@ def image_folder_kd_datasets(profile: str | Profile, # image_root, gallery_root,
     generic = Subset(gallery, sorted(np.random.default_rng([int(seed), 31]).choice(len(gallery), n_gen, replace=False).tolist()))
     return dict(labeled=labeled, val=val, test=test, in_domain=in_domain, generic=generic, gallery=gallery,
                 n_classes=C, classes=list(base.classes))
+
+# %% ../nbs/01_data.ipynb #a5825f30
+def item_image(item) -> torch.Tensor:
+    "The image tensor (float32) of a dataset item: the item itself, its first element, or its `image` / `input` entry."
+    if isinstance(item, Mapping):
+        for k in ("image", "input"):
+            if k in item: return torch.as_tensor(item[k]).float()
+        raise DataError(f"dataset item has no 'image' or 'input' key; its keys are {sorted(map(str, item))}")
+    if isinstance(item, (tuple, list)): return torch.as_tensor(item[0]).float()
+    return torch.as_tensor(item).float()
+
+def dataset_key(ds: Dataset, # a dataset of images (any item layout `item_image` reads)
+                n_probe: int = 4, # how many images (spread over the set) to hash
+               ) -> str:
+    "An identity for a dataset: its length and a hash of a few of its images."
+    n = len(ds)
+    if n == 0: raise DataError("the dataset is empty: it has no identity to cache under")
+    h = hashlib.sha256(str(n).encode())
+    for i in sorted({int(round(j)) for j in np.linspace(0, n - 1, min(n, n_probe))}):
+        x = item_image(ds[i]).contiguous().numpy()
+        h.update(repr(x.shape).encode()); h.update(x.tobytes())
+    return f"n{n}-{h.hexdigest()[:16]}"

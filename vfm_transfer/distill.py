@@ -17,26 +17,31 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms.v2 import functional as TF
 
 from .core import (CheckpointError, ConfigError, DataError, Profile, atomic_torch_save, atomic_write_json,
-                               cache_dir, check_choice, config_hash, get_device, load_profile, progress, set_seed)
+                               cache_dir, check_choice, config_hash, load_profile, progress, run_key, set_seed)
+from .data import dataset_key, make_kd_datasets
+from .encoders import build_teacher_2d, load_pretrained
+from .retrieval import build_transfer_set
+from .train import Recipe, fit, param_groups, resolve_device
 
 # %% auto #0
 __all__ = ['TASKS_2D', 'STUDENTS', 'TEACHER_ARCH', 'OUTPUTS', 'FEATURE_LOSSES', 'PRETRAIN_POOLS', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'TEACHER_RECIPE', 'APPROACHES', 'STAGE_A_RECIPE', 'TRANSFERS', 'TaskModel', 'seg_head', 'build_student',
+           'TEACHER_RECIPE', 'APPROACHES', 'STAGE_A_RECIPE', 'TRANSFERS', 'ImageTaskModel', 'seg_head', 'build_student',
            'teacher_from_backbone', 'build_teacher', 'InputNorm', 'kd_loss', 'view_params', 'make_view', 'state_sha',
-           'dataset_key', 'TeacherCache', 'train_supervised', 'evaluate_2d', 'finetune_teacher', 'finetune_student',
-           'distill_task', 'feature_loss', 'distill_features', 'count_flops', 'stage_flops', 'kd_datasets',
+           'TeacherCache', 'train_supervised', 'evaluate_2d', 'finetune_teacher', 'finetune_student', 'distill_task',
+           'feature_loss', 'ProjectedFeatures', 'distill_features', 'count_flops', 'stage_flops', 'kd_datasets',
            'pool_stats', 'teacher_checkpoints', 'pretrained_teacher', 'labeled_epochs', 'run_kd']
 
 # %% ../nbs/07_distill.ipynb #a1ccd662
 TASKS_2D = {"classification", "segmentation"}
 
-class TaskModel(nn.Module):
+class ImageTaskModel(nn.Module):
     "A backbone with a task head: `forward(x)` -> logits, `features(x)` -> pooled (B,d) or map (B,d,h,w)."
     def __init__(self,
                  backbone: nn.Module, # the feature extractor
@@ -97,14 +102,14 @@ def build_student(name: str = "student_tiny", # one of `STUDENTS`
                   img_size: int = 32, # input size (only checked: the students are size-agnostic)
                   segmentation: bool = False, # per-pixel logits instead of one vector per image
                   in_channels: int = 3,
-                 ) -> TaskModel:
+                 ) -> ImageTaskModel:
     "A small timm student with random weights and a classification or segmentation head."
     check_choice(name, STUDENTS, "student")
     if num_classes < 2: raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
     if img_size < 16: raise ConfigError(f"students need img_size >= 16, got {img_size}")
     if not segmentation:
         bb = timm.create_model(STUDENTS[name], pretrained=False, num_classes=0, in_chans=in_channels)
-        return TaskModel(bb, nn.Linear(bb.num_features, num_classes), "classification", num_classes,
+        return ImageTaskModel(bb, nn.Linear(bb.num_features, num_classes), "classification", num_classes,
                          bb.num_features, _pooled_features, name=name)
     probe = timm.create_model(STUDENTS[name], pretrained=False, features_only=True, in_chans=in_channels)
     red = probe.feature_info.reduction()
@@ -112,7 +117,7 @@ def build_student(name: str = "student_tiny", # one of `STUDENTS`
     bb = _FusedMaps(timm.create_model(STUDENTS[name], pretrained=False, features_only=True, out_indices=idx,
                                       in_chans=in_channels))
     dim = sum(probe.feature_info.channels()[i] for i in idx)
-    return TaskModel(bb, seg_head(dim, num_classes), "segmentation", num_classes, dim, _call, name=name)
+    return ImageTaskModel(bb, seg_head(dim, num_classes), "segmentation", num_classes, dim, _call, name=name)
 
 # %% ../nbs/07_distill.ipynb #2f8e21b5
 def _vit_pooled(vit, x):
@@ -127,12 +132,12 @@ def teacher_from_backbone(vit: nn.Module, # an encoder from `encoders.build_teac
                           num_classes: int, # classes of the task head
                           segmentation: bool = False, # per-pixel head on the patch grid
                           name: str = "teacher",
-                         ) -> TaskModel:
+                         ) -> ImageTaskModel:
     "Put a fresh task head on a 2-D ViT encoder."
     d = vit.embed_dim
     if segmentation:
-        return TaskModel(vit, seg_head(d, num_classes), "segmentation", num_classes, d, _vit_grid, name=name)
-    return TaskModel(vit, nn.Linear(d, num_classes), "classification", num_classes, d, _vit_pooled, name=name)
+        return ImageTaskModel(vit, seg_head(d, num_classes), "segmentation", num_classes, d, _vit_grid, name=name)
+    return ImageTaskModel(vit, nn.Linear(d, num_classes), "classification", num_classes, d, _vit_pooled, name=name)
 
 # The in-run `vit_tiny` teacher is narrower than the encoders' preset (embed 96, 3 heads instead of 192 and 3): a
 # CPU budget choice — 10 pretraining epochs on 4500 images take about 3 CPU-minutes at this width, 3-4× more at 192.
@@ -143,9 +148,8 @@ def build_teacher(name: str = "vit_tiny", # a preset of `encoders.build_teacher_
                   img_size: int = 32, # input size
                   segmentation: bool = False,
                   **kwargs, # timm overrides passed to `build_teacher_2d`, e.g. depth=2
-                 ) -> TaskModel:
+                 ) -> ImageTaskModel:
     "A 2-D ViT teacher (random weights, `TEACHER_ARCH` overrides applied) with a classification or segmentation head."
-    from vfm_transfer.encoders import build_teacher_2d
     if num_classes < 2: raise ConfigError(f"num_classes must be >= 2, got {num_classes}")
     vit = build_teacher_2d(name, num_classes=0, img_size=img_size, **{**TEACHER_ARCH.get(name, {}), **kwargs})
     return teacher_from_backbone(vit, num_classes, segmentation, name=name)
@@ -253,16 +257,6 @@ def state_sha(model: nn.Module) -> str:
         h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()
 
-def dataset_key(ds: Dataset, # a dataset of images
-                n_probe: int = 4, # how many images (spread over the set) to hash
-               ) -> str:
-    "An identity for a dataset: its length and a hash of a few of its images."
-    n = _check_transfer(ds)
-    h = hashlib.sha256(str(n).encode())
-    for i in sorted({int(round(j)) for j in np.linspace(0, n - 1, min(n, n_probe))}):
-        h.update(np.ascontiguousarray(_image(ds, i).numpy()).tobytes())
-    return f"n{n}-{h.hexdigest()[:16]}"
-
 # %% ../nbs/07_distill.ipynb #3e4b3472
 OUTPUTS = {"logits", "features"}
 
@@ -274,7 +268,7 @@ def _teacher_sha(teacher: nn.Module, output: str, key_extra: Any = None) -> str:
 class TeacherCache:
     "Teacher outputs for `n_views` fixed augmented views of every transfer image, on disk as float16 memmap."
     def __init__(self,
-                 teacher: TaskModel, # the (fine-tuned) teacher
+                 teacher: ImageTaskModel, # the (fine-tuned) teacher
                  transfer_ds: Dataset, # the unlabeled transfer set
                  n_views: int = 2, # fixed views per image
                  aug_seed: int = 0, # seed of the views
@@ -299,7 +293,7 @@ class TeacherCache:
         self.path = cache_dir(self.key, kind="teacher_cache", root=root)
         self.build_seconds = 0.0
         if not (self.path / "meta.json").exists():
-            self._build(teacher, transfer_ds, batch_size, get_device(device), max_view_bytes, _fail_after)
+            self._build(teacher, transfer_ds, batch_size, resolve_device(device), max_view_bytes, _fail_after)
         self._open()
 
     def __repr__(self):
@@ -310,6 +304,7 @@ def _mm(path, shape, dtype, mode):
     return np.lib.format.open_memmap(path, mode=mode, dtype=dtype, shape=shape) if mode == "w+" else \
         np.load(path, mmap_mode=mode)
 
+@patch
 def _build(self: TeacherCache, teacher, ds, batch_size, device, max_view_bytes, fail_after):
     t0 = time.perf_counter()
     was_training = teacher.training
@@ -355,6 +350,7 @@ def _build(self: TeacherCache, teacher, ds, batch_size, device, max_view_bytes, 
                                                     n=self.n, build_seconds=self.build_seconds))
     prog_path.unlink(missing_ok=True)
 
+@patch
 def _open(self: TeacherCache):
     meta = json.loads((self.path / "meta.json").read_text())
     if meta["teacher"] != self.teacher_sha:
@@ -364,29 +360,30 @@ def _open(self: TeacherCache):
     self._outs = np.load(self.path / "outputs.npy", mmap_mode="r")
     self._views = np.load(self.path / "views.npy", mmap_mode="r") if self.store_views else None
 
-TeacherCache._build, TeacherCache._open = _build, _open
-
 # %% ../nbs/07_distill.ipynb #fb89fce7
 def _view_index(indices, view):
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     v = np.broadcast_to(np.asarray(view, dtype=np.int64), idx.shape)
     return idx, v
 
-def _get(self: TeacherCache, indices, view) -> torch.Tensor:
+@patch
+def get(self: TeacherCache, indices, view) -> torch.Tensor:
     "Teacher outputs (float32) for `indices` at `view` (an int or one per index)."
     idx, v = _view_index(indices, view)
     if idx.size and (idx.min() < 0 or idx.max() >= self.n): raise DataError(f"index out of range [0, {self.n})")
     if v.size and (v.min() < 0 or v.max() >= self.n_views): raise DataError(f"view out of range [0, {self.n_views})")
     return torch.from_numpy(np.asarray(self._outs[idx, v], dtype=np.float32))
 
-def _get_views(self: TeacherCache, indices, view, transfer_ds: Dataset | None = None) -> torch.Tensor:
+@patch
+def views(self: TeacherCache, indices, view, transfer_ds: Dataset | None = None) -> torch.Tensor:
     "The stored input views for `indices` at `view`; recomputed from `transfer_ds` when not stored."
     idx, v = _view_index(indices, view)
     if self._views is not None: return torch.from_numpy(np.array(self._views[idx, v]))
     if transfer_ds is None: raise ConfigError("this cache does not store its views: pass transfer_ds")
     return _views(transfer_ds, idx, v, self.aug_seed)
 
-def _check(self: TeacherCache, teacher: nn.Module | None = None, transfer_ds: Dataset | None = None,
+@patch
+def check(self: TeacherCache, teacher: nn.Module | None = None, transfer_ds: Dataset | None = None,
            key_extra: Any = None, transfer_key: str | None = None) -> "TeacherCache":
     "Raise if this cache was built for another teacher or transfer set."
     if teacher is not None:
@@ -403,8 +400,6 @@ def _check(self: TeacherCache, teacher: nn.Module | None = None, transfer_ds: Da
                             f"got {key}")
     return self
 
-TeacherCache.get, TeacherCache.views, TeacherCache.check = _get, _get_views, _check
-
 # %% ../nbs/07_distill.ipynb #6fef46f1
 def _target(item: Mapping, task: str) -> torch.Tensor:
     key = "label" if task == "classification" else "mask"
@@ -417,6 +412,10 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
     if rng is not None and len(out) > 1 and len(out[-1]) == 1:  # BatchNorm cannot train on a batch of one
         out[-2:] = [np.concatenate(out[-2:])]
     return out
+
+def _n_batches(n: int, batch_size: int) -> int:
+    "How many batches `_batches(n, batch_size, rng)` makes (the same for every shuffle)."
+    return len(_batches(n, batch_size, np.random.default_rng(0)))
 
 def _random_crops(x: torch.Tensor, y: torch.Tensor, scale: tuple[float, float], rng: np.random.Generator):
     "Random square crops (area fraction in `scale`) resized back to the input size; masks follow (nearest)."
@@ -431,7 +430,23 @@ def _random_crops(x: torch.Tensor, y: torch.Tensor, scale: tuple[float, float], 
         y = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="border", align_corners=False)[:, 0].long()
     return x, y
 
-def train_supervised(model: TaskModel, # teacher or student with its head
+def _labelled_batches(items: list, task: str, batch_size: int, seed: int, flip: bool,
+                      crop_scale: tuple[float, float] | None) -> Callable[[int], Any]:
+    "epoch -> that epoch's augmented (images, targets) batches, a pure function of (seed, epoch)."
+    def data(epoch: int):
+        rng = np.random.default_rng([seed, epoch])
+        for b in _batches(len(items), batch_size, rng):
+            x = torch.stack([items[i]["image"].float() for i in b])
+            y = torch.stack([_target(items[i], task) for i in b])
+            if flip:
+                f = torch.from_numpy(rng.random(len(b)) < 0.5)
+                x = torch.where(f[:, None, None, None], x.flip(-1), x)
+                if y.ndim == 3: y = torch.where(f[:, None, None], y.flip(-1), y)
+            if crop_scale is not None: x, y = _random_crops(x, y, crop_scale, rng)
+            yield x, y
+    return data
+
+def train_supervised(model: ImageTaskModel, # teacher or student with its head
                      ds: Dataset, # labelled items {"image", "label"} or {"image", "mask"}
                      epochs: int = 10,
                      lr: float = 1e-3,
@@ -440,48 +455,38 @@ def train_supervised(model: TaskModel, # teacher or student with its head
                      seed: int = 0,
                      device: str = "auto",
                      flip: bool = True, # random horizontal flips
-                     params=None, # parameters to train (default: all)
+                     lr_scale: Mapping[str, float] | None = None, # {parameter-name prefix: lr multiplier}
                      crop_scale: tuple[float, float] | None = None, # random resized crop: area fraction range
                      warmup: float = 0.0, # fraction of the steps with a linear learning-rate warm-up
                      label_smoothing: float = 0.0,
                      on_epoch: Callable[[int], None] | None = None, # called with the epoch number (1-based) after each epoch
+                     ckpt_dir: str | Path | None = None, # checkpoint every epoch; the same call resumes from it
+                     desc: str = "supervised", # the progress bar's label
+                     verbose: bool = False, # show a progress bar
                     ) -> dict:
-    "Cross-entropy training of `model` on `ds` (AdamW, cosine schedule); returns {'loss': per-epoch means, 'steps'}."
+    "Cross-entropy training of `model` on `ds` with `train.fit`; returns {'loss': per-epoch means, 'steps', 'resumed_from'}."
     n = len(ds)
     if n == 0: raise DataError("labelled dataset is empty")
     set_seed(seed)
-    device = get_device(device)
-    model.to(device).train()
-    opt = torch.optim.AdamW(params if params is not None else model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total, n_warm = max(1, epochs * steps_per_epoch), int(warmup * epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: min(1.0, (k + 1) / (n_warm + 1)) * 0.5 * (1 + math.cos(math.pi * min(k, total) / total)))
-    rng, hist = np.random.default_rng(seed), {"loss": [], "steps": 0}
+    dev = resolve_device(device)
     items = [ds[i] for i in range(n)]  # labelled sets are small
-    for _ in range(epochs):
-        tot = 0.0
-        for b in _batches(n, batch_size, rng):
-            x = torch.stack([items[i]["image"].float() for i in b])
-            y = torch.stack([_target(items[i], model.task) for i in b])
-            if flip:
-                f = torch.from_numpy(rng.random(len(b)) < 0.5)
-                x = torch.where(f[:, None, None, None], x.flip(-1), x)
-                if y.ndim == 3: y = torch.where(f[:, None, None], y.flip(-1), y)
-            if crop_scale is not None: x, y = _random_crops(x, y, crop_scale, rng)
-            loss = F.cross_entropy(model(x.to(device)), y.to(device), label_smoothing=label_smoothing)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-            tot += loss.item() * len(b); hist["steps"] += 1
-        hist["loss"].append(tot / n)
-        if on_epoch is not None: on_epoch(len(hist["loss"]))
+    def step(net, batch):
+        x, y = batch
+        return F.cross_entropy(net(x.to(dev)), y.to(dev), label_smoothing=label_smoothing)
+    steps = _n_batches(n, batch_size)
+    recipe = Recipe(model, step, _labelled_batches(items, model.task, batch_size, seed, flip, crop_scale),
+                    batch_size=batch_size, steps_per_epoch=steps, on_epoch_end=on_epoch,
+                    param_groups=param_groups(model, lr, weight_decay, lr_scale=lr_scale))
+    h = fit(recipe, epochs, lr, weight_decay=weight_decay, warmup_epochs=warmup * epochs, seed=seed, device=dev,
+            ckpt_dir=ckpt_dir, desc=desc, verbose=verbose)
     model.eval()
-    return hist
+    return {"loss": [r["train_loss"] for r in h.rows], "steps": epochs * steps, "resumed_from": h.meta["resumed_from"]}
 
 # %% ../nbs/07_distill.ipynb #e9aa4de0
 @torch.no_grad()
-def evaluate_2d(model: TaskModel, ds: Dataset, batch_size: int = 64, device: str = "auto") -> dict:
+def evaluate_2d(model: ImageTaskModel, ds: Dataset, batch_size: int = 64, device: str = "auto") -> dict:
     "Test metrics: {'accuracy'} for classification, {'miou', 'pixel_accuracy'} for segmentation."
-    device = get_device(device)
+    device = resolve_device(device)
     model.to(device).eval()
     C = model.num_classes
     conf = torch.zeros(C, C, dtype=torch.long)
@@ -499,40 +504,50 @@ def evaluate_2d(model: TaskModel, ds: Dataset, batch_size: int = 64, device: str
     return {"miou": float((inter[present] / union[present]).mean()), "pixel_accuracy": acc}
 
 # %% ../nbs/07_distill.ipynb #bbef76cb
-def _check_classes(model: TaskModel, ds: Dataset, task: str, role: str):
+def _check_classes(model: ImageTaskModel, ds: Dataset, task: str, role: str):
     if model.task != task: raise ConfigError(f"{role} has task {model.task!r}, expected {task!r}")
     y = _target(ds[0], task)
     if int(y.max()) >= model.num_classes:
         raise DataError(f"{role} has {model.num_classes} classes but the labels go up to {int(y.max())}")
 
-def finetune_teacher(teacher: TaskModel, # backbone + task head
+def _sub(ckpt_dir, name):
+    return Path(ckpt_dir) / name if ckpt_dir is not None else None
+
+def finetune_teacher(teacher: ImageTaskModel, # backbone + task head
                      labeled_ds: Dataset, # the few labelled target images
                      task: str = "classification",
                      epochs: int = 10, lr: float = 1e-3,
                      backbone_lr_scale: float = 0.1, # backbone lr = lr × this
                      probe_epochs: int = 0, # first train the head alone on the frozen backbone for this many epochs
                      probe_lr: float | None = None, # learning rate of the probe (default 10 × lr)
+                     ckpt_dir: str | Path | None = None, # checkpoints of the probe and the fine-tune go in subfolders
                      **kwargs, # to `train_supervised`
                     ) -> dict:
     "Stage (a): fine-tune the teacher and its task head on the labels (optionally linear probe first)."
     _check_classes(teacher, labeled_ds, task, "teacher")
     if probe_epochs < 0: raise ConfigError(f"probe_epochs must be >= 0, got {probe_epochs}")
-    probe = {"loss": [], "steps": 0}
+    probe = {"loss": [], "steps": 0, "resumed_from": 0}
     if probe_epochs:
-        probe = train_supervised(teacher, labeled_ds, epochs=probe_epochs, lr=probe_lr or 10 * lr,
-                                 params=teacher.head.parameters(), **{**kwargs, "weight_decay": 1e-4})
-    groups = [{"params": teacher.head.parameters(), "lr": lr},
-              {"params": teacher.backbone.parameters(), "lr": lr * backbone_lr_scale}]
-    h = train_supervised(teacher, labeled_ds, epochs=epochs, lr=lr, params=groups, **kwargs)
+        frozen = [p for p in teacher.backbone.parameters() if p.requires_grad]
+        for p in frozen: p.requires_grad_(False)
+        try:
+            probe = train_supervised(teacher, labeled_ds, epochs=probe_epochs, lr=probe_lr or 10 * lr,
+                                     ckpt_dir=_sub(ckpt_dir, "probe"), desc="teacher probe",
+                                     **{**kwargs, "weight_decay": 1e-4})
+        finally:
+            for p in frozen: p.requires_grad_(True)
+    h = train_supervised(teacher, labeled_ds, epochs=epochs, lr=lr, lr_scale={"backbone.": backbone_lr_scale},
+                         ckpt_dir=_sub(ckpt_dir, "finetune"), desc="teacher fine-tune", **kwargs)
     h["probe_loss"] = probe["loss"]; h["steps"] += probe["steps"]
+    h["resumed_from"] = max(h["resumed_from"], probe["resumed_from"])
     return h
 
-def finetune_student(student: TaskModel, # the (distilled or scratch) student
+def finetune_student(student: ImageTaskModel, # the (distilled or scratch) student
                      labeled_ds: Dataset, task: str = "classification",
                      epochs: int = 10, lr: float = 1e-3, **kwargs) -> dict:
     "Stage (c): fine-tune the student on the labels."
     _check_classes(student, labeled_ds, task, "student")
-    return train_supervised(student, labeled_ds, epochs=epochs, lr=lr, **kwargs)
+    return train_supervised(student, labeled_ds, epochs=epochs, lr=lr, desc="student fine-tune", **kwargs)
 
 # %% ../nbs/07_distill.ipynb #26684e3d
 def _batch_views(epoch_rng: np.random.Generator, n: int, n_views: int, batch_size: int):
@@ -557,7 +572,7 @@ def _teacher_batches(teacher_out, cache, transfer_ds, n: int, n_views: int, aug_
             with torch.no_grad(): target = teacher_out(x.to(device)).float()
         yield idx, x.to(device), target.to(device)
 
-def _check_pair(teacher: TaskModel, student: TaskModel, task: str):
+def _check_pair(teacher: ImageTaskModel, student: ImageTaskModel, task: str):
     check_choice(task, TASKS_2D, "task")
     for role, m in (("teacher", teacher), ("student", student)):
         if getattr(m, "task", task) != task: raise ConfigError(f"{role} has task {m.task!r}, expected {task!r}")
@@ -565,8 +580,26 @@ def _check_pair(teacher: TaskModel, student: TaskModel, task: str):
         raise ConfigError(f"teacher has {teacher.num_classes} classes but student has {student.num_classes}: "
                           "they must predict the same classes")
 
-def distill_task(teacher: TaskModel, # the fine-tuned teacher (stage a)
-                 student: TaskModel, # the student to train
+def _distill(model: nn.Module, loss: Callable, teacher_out: Callable, cache, transfer_ds, n: int, n_views: int,
+             aug_seed: int, epochs: int, lr: float, batch_size: int, seed: int, weight_decay: float, device,
+             ckpt_dir, desc: str, verbose: bool) -> dict:
+    "Stage (b) on `train.fit`: `loss(model_output, teacher_output)` over an epoch's views, from the cache or live."
+    dev = resolve_device(device)
+    def data(epoch):
+        for _, x, target in _teacher_batches(teacher_out, cache, transfer_ds, n, n_views, aug_seed, batch_size,
+                                             seed, epoch, dev):
+            yield x, target
+    recipe = Recipe(model, lambda net, b: loss(net(b[0]), b[1]), data, batch_size=batch_size,
+                    steps_per_epoch=_n_batches(n, batch_size))
+    h = fit(recipe, epochs, lr, weight_decay=weight_decay, seed=seed, device=dev, ckpt_dir=ckpt_dir, desc=desc,
+            verbose=verbose)
+    model.eval()
+    return {"loss": [r["train_loss"] for r in h.rows], "epoch_seconds": [r["seconds"] for r in h.rows],
+            "steps": epochs * recipe.steps_per_epoch, "n_views": n_views, "cached": cache is not None,
+            "resumed_from": h.meta["resumed_from"]}
+
+def distill_task(teacher: ImageTaskModel, # the fine-tuned teacher (stage a)
+                 student: ImageTaskModel, # the student to train
                  transfer_ds: Dataset, # unlabeled transfer images
                  task: str = "classification", # "classification" or "segmentation"
                  temperature: float = 2.0, # KD temperature τ
@@ -579,27 +612,17 @@ def distill_task(teacher: TaskModel, # the fine-tuned teacher (stage a)
                  aug_seed: int | None = None, # views' seed (default: the cache's, else `seed`)
                  weight_decay: float = 0.05,
                  device: str = "auto",
+                 ckpt_dir: str | Path | None = None, # checkpoint every epoch; the same call resumes from it
+                 verbose: bool = False, # show a progress bar
                 ) -> dict:
     "Stage (b): train `student` to match `teacher`'s softened task predictions on augmented transfer views."
     _check_pair(teacher, student, task)
     n = _check_transfer(transfer_ds)
     n_views, aug_seed = _cache_views(cache, teacher, transfer_ds, "logits", "distill_task", n_views, aug_seed, seed)
-    device = get_device(device)
     set_seed(seed)
-    teacher.to(device).eval(); student.to(device).train()
-    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * math.ceil(n / batch_size)))
-    hist = {"loss": [], "epoch_seconds": [], "steps": 0, "n_views": n_views, "cached": cache is not None}
-    for epoch in progress(range(epochs), desc="distill"):
-        t0, tot = time.perf_counter(), 0.0
-        for idx, x, target in _teacher_batches(teacher, cache, transfer_ds, n, n_views, aug_seed, batch_size,
-                                               seed, epoch, device):
-            loss = kd_loss(student(x), target, temperature)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-            tot += loss.item() * len(idx); hist["steps"] += 1
-        hist["loss"].append(tot / n); hist["epoch_seconds"].append(time.perf_counter() - t0)
-    student.eval()
-    return hist
+    teacher.to(resolve_device(device)).eval()
+    return _distill(student, lambda s, t: kd_loss(s, t, temperature), teacher, cache, transfer_ds, n, n_views,
+                    aug_seed, epochs, lr, batch_size, seed, weight_decay, device, ckpt_dir, "distill", verbose)
 
 # %% ../nbs/07_distill.ipynb #eef114a7
 FEATURE_LOSSES = {"cosine", "contrastive"}
@@ -615,42 +638,43 @@ def feature_loss(s: torch.Tensor, # projected student features (B, d) or (B, d, 
     logits = s @ t.T / nce_temperature
     return F.cross_entropy(logits, torch.arange(len(s), device=s.device))
 
-def distill_features(teacher: TaskModel, # the pretrained teacher (its `features` are matched)
-                     student: TaskModel, # the student (its `features` are projected)
+class ProjectedFeatures(nn.Module):
+    "A student's backbone with a linear projection to the teacher's feature width (1×1 conv for feature maps)."
+    def __init__(self,
+                 student: ImageTaskModel, # its backbone is trained; its head is left alone
+                 out_dim: int, # the teacher's feature width
+                ):
+        super().__init__()
+        self.backbone, self._feature_fn = student.backbone, student._feature_fn
+        seg = student.task == "segmentation"
+        self.proj = nn.Conv2d(student.feature_dim, out_dim, 1) if seg else nn.Linear(student.feature_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor: return self.proj(self._feature_fn(self.backbone, x))
+
+def distill_features(teacher: ImageTaskModel, # the pretrained teacher (its `features` are matched)
+                     student: ImageTaskModel, # the student (its `features` are projected)
                      transfer_ds: Dataset, # unlabeled transfer images
                      loss: str = "cosine", # "cosine" or "contrastive"
                      epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, n_views: int = 2, seed: int = 0,
                      cache: TeacherCache | None = None, # a cache of output="features"
                      aug_seed: int | None = None, nce_temperature: float = 0.1, weight_decay: float = 0.05,
                      device: str = "auto",
+                     ckpt_dir: str | Path | None = None, # checkpoint every epoch; the same call resumes from it
+                     verbose: bool = False, # show a progress bar
                     ) -> dict:
     "Task-agnostic baseline: train `student` so a linear projection of its features matches the teacher's."
     check_choice(loss, FEATURE_LOSSES, "loss")
     n = _check_transfer(transfer_ds)
     n_views, aug_seed = _cache_views(cache, teacher, transfer_ds, "features", "distill_features", n_views, aug_seed, seed)
-    device = get_device(device)
     set_seed(seed)
-    seg = student.task == "segmentation"
-    proj = (nn.Conv2d(student.feature_dim, teacher.feature_dim, 1) if seg
-            else nn.Linear(student.feature_dim, teacher.feature_dim)).to(device)
-    teacher.to(device).eval(); student.to(device).train()
-    params = list(student.backbone.parameters()) + list(proj.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * math.ceil(n / batch_size)))
-    hist = {"loss": [], "epoch_seconds": [], "steps": 0, "n_views": n_views, "cached": cache is not None}
-    for epoch in progress(range(epochs), desc="feature distill"):
-        t0, tot = time.perf_counter(), 0.0
-        for idx, x, target in _teacher_batches(teacher.features, cache, transfer_ds, n, n_views, aug_seed,
-                                               batch_size, seed, epoch, device):
-            s = proj(student.features(x))
-            if seg and s.shape[-2:] != target.shape[-2:]:
-                s = F.interpolate(s, size=target.shape[-2:], mode="bilinear", align_corners=False)
-            l = feature_loss(s, target, loss, nce_temperature)
-            opt.zero_grad(set_to_none=True); l.backward(); opt.step(); sched.step()
-            tot += l.item() * len(idx); hist["steps"] += 1
-        hist["loss"].append(tot / n); hist["epoch_seconds"].append(time.perf_counter() - t0)
-    student.eval()
-    return hist
+    matcher = ProjectedFeatures(student, teacher.feature_dim)
+    teacher.to(resolve_device(device)).eval()
+    def match(s, t):
+        if s.ndim == 4 and s.shape[-2:] != t.shape[-2:]:
+            s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
+        return feature_loss(s, t, loss, nce_temperature)
+    return _distill(matcher, match, teacher.features, cache, transfer_ds, n, n_views, aug_seed, epochs, lr,
+                    batch_size, seed, weight_decay, device, ckpt_dir, "feature distill", verbose)
 
 # %% ../nbs/07_distill.ipynb #e2438089
 def count_flops(model: nn.Module, # any module
@@ -684,12 +708,14 @@ def stage_flops(teacher_flops: Mapping, # count_flops(teacher, (1, C, H, W))
                 n_labeled: int = 0, teacher_epochs: int = 0, student_epochs: int = 0,
                 n_pretrain: int = 0, pretrain_epochs: int = 0,
                 distill_teacher: bool = True, # False for scratch students (no stage b)
+                teacher_probe_epochs: int = 0, # linear-probe epochs of stage (a): a teacher forward per image
                ) -> dict:
-    "FLOPs per stage of a KD run from per-image costs; includes 'student_pretraining' and 'total'."
+    "FLOPs per stage of a KD run from per-image costs and the epochs that ran; includes 'student_pretraining' and 'total'."
     tf, sf = teacher_flops, student_flops
     t_out = (n_transfer * (n_views if cached else kd_epochs) * tf["forward"]) if distill_teacher else 0
     out = dict(teacher_pretrain=n_pretrain * pretrain_epochs * tf["total"],
-               teacher_finetune=n_labeled * teacher_epochs * tf["total"],
+               # the probe's backward stops at the head, a negligible cost next to the backbone's forward
+               teacher_finetune=n_labeled * (teacher_epochs * tf["total"] + teacher_probe_epochs * tf["forward"]),
                teacher_outputs=t_out,
                student_distill=n_transfer * kd_epochs * sf["total"] if distill_teacher else 0,
                student_finetune=n_labeled * student_epochs * sf["total"])
@@ -698,10 +724,6 @@ def stage_flops(teacher_flops: Mapping, # count_flops(teacher, (1, C, H, W))
     return {k: int(v) for k, v in out.items()}
 
 # %% ../nbs/07_distill.ipynb #6043169e
-def _data_mod():
-    from vfm_transfer import data  # the 2-D datasets (data helper); imported lazily
-    return data
-
 _KD_DATA: dict = {}
 
 def kd_datasets(profile: Profile, seed: int = 0, segmentation: bool = False) -> dict:
@@ -709,7 +731,7 @@ def kd_datasets(profile: Profile, seed: int = 0, segmentation: bool = False) -> 
     key = (config_hash(dict(profile)), seed, segmentation)
     if key not in _KD_DATA:
         _KD_DATA.clear()
-        _KD_DATA[key] = _data_mod().make_kd_datasets(profile=profile, seed=seed, segmentation=segmentation)
+        _KD_DATA[key] = make_kd_datasets(profile=profile, seed=seed, segmentation=segmentation)
     return _KD_DATA[key]
 
 def _load_into(model: nn.Module, path: Path):
@@ -739,7 +761,7 @@ def teacher_checkpoints(epochs: int, # the teacher's pretraining epochs
     "The epochs at which teacher pretraining keeps a checkpoint: a quarter, half and all of the run."
     return sorted({max(1, epochs // 4), max(1, epochs // 2), int(epochs)})
 
-def pretrained_teacher(profile: str | Profile = "tiny", # run profile
+def pretrained_teacher(profile: str | Mapping = "tiny", # a profile name, a mapping or a `core.Profile`
                        seed: int = 0,
                        device: str = "auto",
                        root: str | Path | None = None, # cache root
@@ -749,15 +771,13 @@ def pretrained_teacher(profile: str | Profile = "tiny", # run profile
                        at_epoch: int | None = None, # an intermediate checkpoint of the same run (one of `teacher_checkpoints(epochs)`)
                       ) -> tuple[InputNorm, dict]:
     "The teacher backbone (timm ViT behind `InputNorm`, no head) and its pretraining info; pretrained once and cached."
-    p = load_profile(profile) if isinstance(profile, str) else profile
-    from vfm_transfer.encoders import build_teacher_2d
+    p = load_profile(profile)
     set_seed(seed)  # the initial weights must not depend on what ran before in this process
     vit = build_teacher_2d(p.teacher, num_classes=0, img_size=p.img2d_size, **TEACHER_ARCH.get(p.teacher, {}))
     if p.get("dinov2_ckpt"):
         if at_epoch is not None:
             raise ConfigError("a DINOv2 checkpoint has no intermediate pretraining checkpoints (at_epoch); "
                               "teachers of several budgets need in-run pretraining (no dinov2_ckpt)")
-        from vfm_transfer.encoders import load_pretrained
         report = load_pretrained(vit, p.dinov2_ckpt, format="dinov2")
         return InputNorm(vit, IMAGENET_MEAN, IMAGENET_STD), {"source": str(p.dinov2_ckpt), "report": report,
                                                              "n_pretrain": 0, "epochs": 0}
@@ -777,7 +797,7 @@ def pretrained_teacher(profile: str | Profile = "tiny", # run profile
                gallery_size=p.gallery_size, epochs=epochs, lr=lr, recipe=TEACHER_RECIPE, norm="pool", checkpoints=keep)
     d = cache_dir(cfg, kind="teacher", root=root)
     data = kd_datasets(p, seed)
-    ds = data["generic"] if pool == "generic" else torch.utils.data.ConcatDataset([data["generic"], data["gallery"]])
+    ds = data["generic"] if pool == "generic" else ConcatDataset([data["generic"], data["gallery"]])
     info = {"source": f"supervised on the {pool} pool", "n_pretrain": len(ds), "epochs": epochs, "lr": lr}
     wanted = d / ("backbone.pt" if at_epoch in (None, epochs) else f"backbone_epoch{at_epoch}.pt")
     cached = (d / "backbone.pt").exists()
@@ -788,12 +808,13 @@ def pretrained_teacher(profile: str | Profile = "tiny", # run profile
         mean, std = pool_stats(ds)
         enc = InputNorm(vit, mean, std)
         model = teacher_from_backbone(enc, data["n_classes"], name=p.teacher)
-        def keep_checkpoint(epoch):  # intermediate checkpoints of this one run
+        def keep_checkpoint(epoch):  # intermediate checkpoints of this one run, written before its epoch's checkpoint
             if epoch in keep and epoch != epochs:
                 atomic_torch_save({k: v.detach().cpu().clone() for k, v in enc.state_dict().items()}, d / f"backbone_epoch{epoch}.pt")
         t0 = time.perf_counter()
-        h = train_supervised(model, ds, epochs=epochs, lr=lr, seed=seed, device=device, on_epoch=keep_checkpoint, **TEACHER_RECIPE)
-        info.update(pretrain_seconds=time.perf_counter() - t0, pretrain_loss=h["loss"],
+        h = train_supervised(model, ds, epochs=epochs, lr=lr, seed=seed, device=device, on_epoch=keep_checkpoint,
+                             ckpt_dir=d / "train", desc="teacher pretraining", **TEACHER_RECIPE)
+        info.update(pretrain_seconds=time.perf_counter() - t0, pretrain_loss=h["loss"], resumed_from=h["resumed_from"],
                     target_val_accuracy=evaluate_2d(model, data["val"], device=device)["accuracy"])
         atomic_write_json(d / "info.json", {k: v for k, v in info.items() if k != "source"})
         atomic_torch_save(enc.cpu().state_dict(), d / "backbone.pt")  # written last: it marks the cache complete
@@ -817,7 +838,6 @@ def _transfer_set(transfer, data: dict, labeled: Dataset, profile: Profile, seed
     if not isinstance(transfer, str): return transfer, "custom"
     check_choice(transfer, TRANSFERS, "transfer")
     if transfer != "retrieved": return data[transfer], transfer
-    from vfm_transfer.retrieval import build_transfer_set
     size = None if n_neighbors else min(int(profile.transfer_size), len(data["gallery"]))
     ds = build_transfer_set(labeled, data["gallery"], size=size, k=n_neighbors, encoder=encoder, seed=seed,
                             device=device, root=root)
@@ -827,7 +847,7 @@ def run_kd(approach: str = "task", # "scratch", "feature" or "task"
            transfer: str | Dataset = "in_domain", # "generic", "in_domain", "retrieved" or a dataset
            labels_per_class: int = 5, # one of profile.labels_per_class
            student: str = "student_tiny", # one of STUDENTS
-           profile: str | Profile = "tiny",
+           profile: str | Mapping = "tiny", # a profile name, a mapping or a `core.Profile`
            seed: int = 0,
            task: str = "classification", # or "segmentation"
            feature_loss: str = "cosine", # baseline loss
@@ -841,10 +861,17 @@ def run_kd(approach: str = "task", # "scratch", "feature" or "task"
     "One KD experiment: teacher, transfer set, distillation, student fine-tuning; test metric, FLOPs and seconds."
     check_choice(approach, APPROACHES, "approach"); check_choice(task, TASKS_2D, "task")
     if pretrain_pool is not None: check_choice(pretrain_pool, PRETRAIN_POOLS, "pretrain_pool")
-    p = load_profile(profile) if isinstance(profile, str) else profile
+    p = load_profile(profile)
     check_choice(labels_per_class, set(p.labels_per_class), "labels_per_class")
     if isinstance(transfer, str): check_choice(transfer, TRANSFERS, "transfer")
     elif approach != "scratch": _check_transfer(transfer, "transfer")
+    # the run's folder: a complete run is loaded, an interrupted one resumes its stage (b) or (c) checkpoint
+    transfer_id = None if approach == "scratch" else transfer if isinstance(transfer, str) else dataset_key(transfer)
+    run_cfg = dict(stage="kd", approach=approach, transfer=transfer_id, k=labels_per_class, student=student,
+                   profile=run_key(p, seed), task=task, feature_loss=feature_loss if approach == "feature" else None,
+                   n_neighbors=n_neighbors, batch_size=batch_size, pretrain_pool=pretrain_pool, teacher_epoch=teacher_epoch)
+    run_dir = cache_dir(run_cfg, kind="kd_runs", root=root)
+    if (run_dir / "result.json").exists(): return json.loads((run_dir / "result.json").read_text())
     seg, t_start, secs = task == "segmentation", time.perf_counter(), {}
     data = kd_datasets(p, seed, seg)
     labeled, C = data["labeled"][labels_per_class], data["n_classes"] + (1 if seg else 0)
@@ -859,7 +886,7 @@ def run_kd(approach: str = "task", # "scratch", "feature" or "task"
     res = dict(approach=approach, task=task, labels_per_class=labels_per_class, student=student, seed=seed,
                profile=p.get("name"), n_labeled=len(labeled), transfer=None, n_transfer=0)
     common = dict(seed=seed, device=device, batch_size=batch_size)
-    n_transfer, n_teacher_ft, kd_hist = 0, 0, None
+    n_transfer, teacher_epochs, kd_hist = 0, 0, None
     if approach != "scratch":
         ds, res["transfer"] = _transfer_set(transfer, data, labeled, p, seed, vit, n_neighbors, device, root)
         n_transfer = _check_transfer(ds)
@@ -872,9 +899,10 @@ def run_kd(approach: str = "task", # "scratch", "feature" or "task"
             if (d / "teacher.pt").exists(): _load_into(teacher, d / "teacher.pt")
             else:
                 finetune_teacher(teacher, labeled, task, epochs=ft_epochs, lr=p.lr, seed=seed, device=device,
-                                 batch_size=min(batch_size, 32), probe_epochs=ft_epochs, **STAGE_A_RECIPE)
+                                 batch_size=min(batch_size, 32), probe_epochs=ft_epochs, ckpt_dir=d / "train",
+                                 **STAGE_A_RECIPE)
                 atomic_torch_save(teacher.cpu().state_dict(), d / "teacher.pt")
-            n_teacher_ft = len(labeled)
+            teacher_epochs = ft_epochs
             res["teacher_test"] = evaluate_2d(teacher, data["test"], device=device)
             secs["teacher_finetune"] = time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -882,28 +910,30 @@ def run_kd(approach: str = "task", # "scratch", "feature" or "task"
             secs["teacher_cache"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             kd_hist = distill_task(teacher, s, ds, task, temperature=p.kd_temperature, epochs=p.kd_epochs, lr=p.lr,
-                                   cache=cache, **common)
+                                   cache=cache, ckpt_dir=run_dir / "distill", **common)
         else:
             teacher = teacher_from_backbone(vit, C, seg, name=p.teacher)
             cache = TeacherCache(teacher, ds, n_views=p.n_views, aug_seed=seed, root=root, device=device,
                                  output="features")
             kd_hist = distill_features(teacher, s, ds, loss=feature_loss, epochs=p.kd_epochs, lr=p.lr, cache=cache,
-                                       **common)
+                                       ckpt_dir=run_dir / "distill", **common)
         secs["distill"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ft = finetune_student(s, labeled, task, epochs=ft_epochs, lr=p.lr, seed=seed, device=device,
-                          batch_size=min(batch_size, 32))
+                          batch_size=min(batch_size, 32), ckpt_dir=run_dir / "finetune")
     secs["student_finetune"] = time.perf_counter() - t0
     res.update(evaluate_2d(s, data["test"], device=device))
     res["metric"] = res["miou" if seg else "accuracy"]
     res["n_transfer"] = n_transfer
+    # FLOPs of the epochs that ran: stage (a) is a probe and a fine-tune of `teacher_epochs` each, stage (c) `ft_epochs`
     res["flops"] = stage_flops(tf, sf, n_transfer=n_transfer, n_views=p.n_views, kd_epochs=p.kd_epochs,
-                               n_labeled=len(labeled), teacher_epochs=p.finetune_epochs if n_teacher_ft else 0,
-                               student_epochs=p.finetune_epochs, n_pretrain=pre["n_pretrain"],
+                               n_labeled=len(labeled), teacher_epochs=teacher_epochs, teacher_probe_epochs=teacher_epochs,
+                               student_epochs=ft_epochs, n_pretrain=pre["n_pretrain"],
                                pretrain_epochs=pre["epochs"], distill_teacher=approach != "scratch")
     res["flops_per_image"] = {"teacher": tf, "student": sf}
     res["kd_loss"] = kd_hist["loss"] if kd_hist else []
     res["finetune_loss"] = ft["loss"]
     secs["total"] = time.perf_counter() - t_start
     res["seconds"] = secs
+    atomic_write_json(run_dir / "result.json", res)
     return res
