@@ -4,6 +4,7 @@ import argparse
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from vfm_transfer.core import CheckpointError, ConfigError, DataError
 from vfm_transfer.encoders import (ViTEncoder, build_encoder, build_teacher_2d, detect_format, extract_features, filter_mae,
                                    filter_profound, list_encoders, load_pretrained, profound_encoder_config, safe_load,
-                                   slice_stacks)
+                                   slice_positions, slice_stacks)
 
 torch.manual_seed(0)
 
@@ -116,7 +117,11 @@ def test_profound_wrong_size_lists_every_conflict():
     before = {k: v.clone() for k, v in enc.state_dict().items()}
     with pytest.raises(CheckpointError) as e:
         load_pretrained(enc, _profound_ckpt(), format="profound_vit")
-    assert "unexpected: blocks.1.attn.qkv.weight" in str(e.value) and "unexpected: blocks.1.mlp.linear2.bias" in str(e.value)
+    msg = str(e.value)
+    # counts, the first 10 keys of each kind, and what the file holds against what the encoder is
+    assert "0 missing, 12 unexpected, 0 mis-shaped keys" in msg and "unexpected: blocks.1.norm1.weight" in msg
+    assert "... and 2 more unexpected" in msg and msg.count("unexpected:") == 10
+    assert "diagnosis: the checkpoint holds a ViT (width 48, depth 2, patch 4x8x8): depth 2 found, 1 expected" in msg
     for k, v in enc.state_dict().items():  # nothing half-loaded
         assert torch.equal(v, before[k]), k
 
@@ -225,6 +230,37 @@ def _provicnet_ref(sd, stacks, pos, heads=2, depth=2, p=14):
     return z[:, 7:], z[:, 0]
 
 
+def _getnchannel(volume):
+    "ProViCNet's Prostate_DataGenerator.getNChannel (nChannel=3, no background filter) on a (D, H, W) array, written out."
+    n = 3
+    if volume.shape[0] < n * 2:
+        volume = np.pad(volume, ((n // 2, n // 2), (0, 0), (0, 0)), mode="constant")
+    stacks = []
+    for idx in range(len(volume)):
+        if idx - n // 2 < 0: idx += n // 2
+        elif idx + n // 2 >= len(volume): idx -= n // 2
+        stacks.append(volume[idx - n // 2: idx + n // 2 + 1])
+    return np.stack(stacks), [(j, len(stacks)) for j in range(len(stacks))]  # collate_prostate_position's (j, len)
+
+
+def _provicnet_stacks(x):
+    "(B·D, 3, H, W) stacks and (B·D, 2) positions of the real slices, from getNChannel (its 2 edge copies dropped)."
+    stacks, pos = [], []
+    for b in range(x.shape[0]):
+        s, p = _getnchannel(x[b].numpy())
+        keep = slice(1, -1) if x.shape[1] < 6 else slice(None)  # under 6 slices: stacks 0 and D+1 copy 1 and D
+        stacks.append(torch.from_numpy(s[keep])); pos += p[keep]
+    return torch.cat(stacks), torch.tensor(pos, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("depth", [4, 7])
+def test_slice_stacks_follow_getnchannel(depth):
+    x = torch.randn(2, depth, 3, 3)
+    stacks, pos = _provicnet_stacks(x)
+    torch.testing.assert_close(slice_stacks(x), stacks, rtol=0, atol=0)
+    torch.testing.assert_close(slice_positions(depth).repeat(2, 1), pos, rtol=0, atol=0)
+
+
 def test_provicnet_matches_reference(tmp_path):
     ckpts = {s: _provicnet_ckpt(i) for i, s in enumerate(("t2", "dwi", "adc"))}
     for s, sd in ckpts.items():
@@ -234,8 +270,7 @@ def test_provicnet_matches_reference(tmp_path):
     assert rep["format"] == "provicnet" and rep["missing"] == rep["unexpected"] == rep["mismatched"] == []
     B, Dz = 2, PV["img_size"][0]
     x = torch.randn(B, 3, *PV["img_size"])
-    pos = torch.tensor([[z, Dz] for _ in range(B) for z in range(Dz)], dtype=torch.float32)
-    refs = [_provicnet_ref(ckpts[s], slice_stacks(x[:, c]), pos) for c, s in enumerate(("t2", "dwi", "adc"))]
+    refs = [_provicnet_ref(ckpts[s], *_provicnet_stacks(x[:, c])) for c, s in enumerate(("t2", "dwi", "adc"))]
     ref_tokens = torch.stack([r[0] for r in refs]).mean(0).reshape(B, Dz * 4, 48)
     ref_cls = torch.stack([r[1] for r in refs]).mean(0).reshape(B, Dz, 48).mean(1)
     tokens, hidden = enc(x)
@@ -326,8 +361,10 @@ def test_non_strict_report_contents():
     with pytest.raises(CheckpointError) as e:
         load_pretrained(dst, sd, format="native")
     msg = str(e.value)
-    assert msg.count("missing:") == len(rep["missing"]) and msg.count("unexpected:") == 1
-    assert msg.count("shape mismatch:") == len(rep["mismatched"])
+    assert msg.count("missing:") == min(10, len(rep["missing"])) and msg.count("unexpected:") == 1
+    assert msg.count("shape mismatch:") == min(10, len(rep["mismatched"]))
+    assert f"{len(rep['missing'])} missing, 1 unexpected, {len(rep['mismatched'])} mis-shaped keys" in msg
+    assert "depth 3 found, 2 expected" not in msg and "depth 2 found, 3 expected" in msg
 
 
 # --- extract_features
@@ -354,7 +391,8 @@ def test_extract_features_shapes_order_and_mode():
 
 SMALL = {"vit3d": dict(size="tiny", img_size=16, hidden_size=48, mlp_dim=96, num_layers=2, num_heads=2),
          "provicnet": dict(img_size=(3, 16, 16), patch_size=8, embed_dim=48, depth=2, num_heads=2),
-         "vit2d": dict(size="vit_tiny", img_size=16, depth=2)}
+         "vit2d": dict(size="vit_tiny", img_size=16, depth=2),
+         "convnext3d": dict(size="micro", img_size=16, depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))}
 
 
 @pytest.mark.parametrize("arch", list_encoders())
@@ -364,10 +402,18 @@ def test_every_registered_encoder(arch):
     tokens, hidden = enc(x)
     n = 1
     for s in enc.grid_size: n *= s
-    assert tokens.shape == (2, n, enc.embed_dim)
-    assert len(hidden) == enc.num_layers and all(h.shape[:2] == (2, n) for h in hidden)
+    if hasattr(enc, "stage_dims"):  # hierarchical: the pooled vector and one map per stage
+        assert tokens.shape == (2, enc.embed_dim) and len(hidden) == len(enc.stage_dims)
+        assert [tuple(h.shape) for h in hidden] == [(2, c, *(i // s for i, s in zip(enc.img_size, st)))
+                                                    for c, st in zip(enc.stage_dims, enc.stage_strides)]
+        assert tuple(hidden[-1].shape[2:]) == enc.grid_size
+        with pytest.raises(ConfigError, match="one pooled vector"):
+            enc.forward_head(tokens, "cls")
+    else:
+        assert tokens.shape == (2, n, enc.embed_dim)
+        assert len(hidden) == enc.num_layers and all(h.shape[:2] == (2, n) for h in hidden)
+        assert enc.forward_head(tokens, "cls").shape == (2, enc.embed_dim)
     assert enc.forward_head(tokens).shape == (2, enc.embed_dim)
-    assert enc.forward_head(tokens, "cls").shape == (2, enc.embed_dim)
     (tokens.square().mean() + hidden[0].mean()).backward()
     grads = [p.grad for name, p in enc.named_parameters() if p.requires_grad and "norm_cross_attn" not in name]
     assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > 0.9 * len(grads)
