@@ -5,8 +5,8 @@ import torch
 from vfm_transfer.core import ConfigError
 from vfm_transfer.data import TASK_SPECS, TASKS
 from vfm_transfer.encoders import ViTEncoder, build_encoder
-from vfm_transfer.heads import (RESIDUAL_FROM, ClassificationHead, RestorationHead, SegmentationHead, UNETRDecoder,
-                                build_head, upsample_strides)
+from vfm_transfer.heads import (RESIDUAL_FROM, ClassificationHead, RestorationHead, SegmentationHead, StageUNetDecoder,
+                                UNETRDecoder, build_head, upsample_strides)
 
 SMALL = dict(hidden_size=48, mlp_dim=96, num_heads=2)
 ENCODERS = {
@@ -15,6 +15,9 @@ ENCODERS = {
     "2d": lambda: ViTEncoder(2, 3, img_size=16, patch_size=4, num_layers=2, **SMALL),
     "2.5d_slices": lambda: build_encoder("provicnet", size="tiny", img_size=(4, 16, 16), patch_size=8, embed_dim=48,
                                          depth=2, num_heads=2),
+    "convnext": lambda: build_encoder("convnext3d", size="micro", img_size=16, depths=(1, 1, 2, 1), dims=(8, 16, 24, 32)),
+    "convnext_aniso_3stage": lambda: build_encoder("convnext3d", size="micro", img_size=(4, 16, 16), depths=(1, 1, 1),
+                                                   dims=(8, 16, 24), strides=((1, 4, 4), 2, 2)),
 }
 HEADS = {
     "classification": lambda e: ClassificationHead(e, 3),
@@ -30,6 +33,10 @@ HEADS = {
 def test_head_shapes_and_backward(head_name, enc_name):
     torch.manual_seed(0)
     enc = ENCODERS[enc_name]()
+    if head_name == "classification_cls" and enc_name.startswith("convnext"):
+        with pytest.raises(ConfigError, match="CLS token"):  # a ConvNeXt has none
+            HEADS[head_name](enc)
+        return
     head = HEADS[head_name](enc)
     x = torch.randn(2, enc.in_channels, *enc.img_size)
     out = head(x, *enc(x))
@@ -42,7 +49,7 @@ def test_head_shapes_and_backward(head_name, enc_name):
     head_params = {id(p) for p in head.parameters()}
     assert not head_params & {id(p) for p in enc.parameters()}
     (out - torch.randn_like(out)).pow(2).mean().backward()
-    first_block = [p for n, p in enc.named_parameters() if "blocks.0." in n and p.requires_grad]
+    first_block = [p for n, p in enc.named_parameters() if ("blocks.0." in n or "stages.0.0." in n) and p.requires_grad]
     assert first_block and any(p.grad is not None and p.grad.abs().sum() > 0 for p in first_block), \
         f"no gradient reached the first encoder block of {enc_name}"
     assert all(p.grad is not None for p in head.parameters() if p.requires_grad)
@@ -105,3 +112,26 @@ def test_bad_arguments():
         SegmentationHead(enc, 3, feature_size=4)(x, tok, hid[:1])
     with pytest.raises(ConfigError, match=r"decoder expects input \(B, 3, 16, 16, 16\)"):
         SegmentationHead(enc, 3, feature_size=4)(x[:, :1], tok, hid)
+
+
+def test_stage_decoder_is_profounds_convnext_unetr_at_profound_strides():
+    # ProFound's ConvnextUNETR: skips from stages 1-3 up 2x (2f, 4f, 8f channels), four 2x up blocks (8f, 4f, 2f, f)
+    enc = build_encoder("convnext3d", size="micro", img_size=32)
+    dec = StageUNetDecoder(enc, 1, feature_size=4)
+    assert [tuple(u.transp_conv_init.conv.stride) for u in dec.skips] == [(2, 2, 2)] * 3
+    assert [u.transp_conv.conv.out_channels for u in dec.ups] == [32, 16, 8, 4]
+    assert [u.transp_conv.conv.in_channels for u in dec.ups] == [64, 32, 16, 8]
+
+
+def test_convnext_head_refuses_wrong_outputs():
+    enc = ENCODERS["convnext"]()
+    x = torch.randn(1, 3, 16, 16, 16)
+    pooled, stages = enc(x)
+    seg = SegmentationHead(enc, 3, feature_size=4)
+    with pytest.raises(ConfigError, match="expects stage maps"):
+        seg(x, pooled, stages[:-1])
+    with pytest.raises(ConfigError, match=r"expects the pooled vector \(B, 32\)"):
+        ClassificationHead(enc, 2)(x, stages[-1].flatten(2).transpose(1, 2), stages)
+    vit_tokens, vit_hidden = ENCODERS["3d_tiny"]()(x)
+    with pytest.raises(ConfigError, match="expects the pooled vector"):
+        seg(x, vit_tokens, vit_hidden)
