@@ -124,7 +124,7 @@ def test_checkpoint_is_safe_and_resume_refuses_other_settings(tmp_path):
     with pytest.raises(CheckpointError, match="other settings"):
         finetune(*_model(task), task, train, val, epochs=3, batch_size=2, ckpt_dir=tmp_path, device="cpu")
     (tmp_path / "last.pt").write_bytes(b"\x00garbage")
-    with pytest.raises(CheckpointError, match="cannot read fine-tuning checkpoint"):
+    with pytest.raises(CheckpointError, match="cannot read training checkpoint"):
         load_checkpoint(tmp_path / "last.pt")
 
 
@@ -143,7 +143,7 @@ def test_layer_decay_and_amp_on_cpu():
 
 
 def test_run_finetune_scratch_and_specialised_write_the_run_dir(tmp_path):
-    kw = dict(profile="micro", n_train=4, n_val=2, n_test=3, epochs=1, verbose=False)
+    kw = dict(profile="micro", n_train=4, n_val=2, n_test=3, finetune_epochs=1, verbose=False)
     d = tmp_path / "segmentation" / "scratch"
     h = run_finetune("segmentation", "scratch", run_dir=d, **kw)
     assert sorted(p.name for p in d.iterdir()) == ["features.pt", "history.csv", "history.json", "last.pt",

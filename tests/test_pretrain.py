@@ -64,7 +64,7 @@ def test_cache_hit_does_not_retrain(pool, monkeypatch):
     r = P.pretrain_mae(CFG, pool, **kw)
 
     def boom(*a, **k): raise AssertionError("retrained despite a cached checkpoint")
-    monkeypatch.setattr(P, "_fit", boom)
+    monkeypatch.setattr(P, "fit", boom)
     hit = P.pretrain_mae(CFG, pool, **kw)
     assert hit.cached and hit.path == r.path and hit.losses == r.losses
     for k, v in r.encoder.state_dict().items():

@@ -9,7 +9,7 @@ import time
 import torch
 
 from conftest import ROOT
-from vfm_transfer.finetune import load_checkpoint
+from vfm_transfer.train import load_checkpoint
 
 # The micro run: segmentation on the micro profile with a real head. The training items get noise drawn from
 # torch's, numpy's and python's global generators, so the resumed run only matches if every RNG state is restored.

@@ -231,7 +231,7 @@ def make_view(image: torch.Tensor, # (C, H, W)
     return TF.horizontal_flip(out) if flip else out
 
 # %% ../nbs/07_distill.ipynb #947ff0e5
-def _image(ds: Dataset, i: int) -> torch.Tensor:
+def _transfer_image(ds: Dataset, i: int) -> torch.Tensor:
     item = ds[int(i)]
     x = item["image"] if isinstance(item, Mapping) else item[0]
     if not isinstance(x, torch.Tensor) or x.ndim != 3:
@@ -240,7 +240,7 @@ def _image(ds: Dataset, i: int) -> torch.Tensor:
     return x.float()
 
 def _views(ds: Dataset, indices, views, aug_seed: int) -> torch.Tensor:
-    return torch.stack([make_view(_image(ds, i), int(i), int(v), aug_seed) for i, v in zip(indices, views)])
+    return torch.stack([make_view(_transfer_image(ds, i), int(i), int(v), aug_seed) for i, v in zip(indices, views)])
 
 def _check_transfer(ds: Dataset, name: str = "transfer_ds") -> int:
     n = len(ds) if ds is not None else 0
@@ -287,7 +287,7 @@ class TeacherCache:
         self.n_views, self.aug_seed, self.output, self.task = int(n_views), int(aug_seed), output, teacher.task
         self.teacher_sha = _teacher_sha(teacher, output, key_extra)
         self.transfer_key = transfer_key or dataset_key(transfer_ds)
-        self.img_shape = tuple(_image(transfer_ds, 0).shape)
+        self.img_shape = tuple(_transfer_image(transfer_ds, 0).shape)
         self.key = dict(teacher=self.teacher_sha, transfer=self.transfer_key, n_views=self.n_views,
                         aug_seed=self.aug_seed, output=output, task=self.task, img_shape=self.img_shape)
         self.path = cache_dir(self.key, kind="teacher_cache", root=root)
@@ -311,7 +311,7 @@ def _build(self: TeacherCache, teacher, ds, batch_size, device, max_view_bytes, 
     teacher.eval().to(device)
     fn = teacher if self.output == "logits" else teacher.features
     with torch.no_grad():
-        probe = fn(make_view(_image(ds, 0), 0, 0, self.aug_seed)[None].to(device))
+        probe = fn(make_view(_transfer_image(ds, 0), 0, 0, self.aug_seed)[None].to(device))
     out_shape = tuple(probe.shape[1:])
     store_views = self.n * self.n_views * int(np.prod(self.img_shape)) * 4 <= max_view_bytes
     prog_path, out_part, view_part = (self.path / "progress.json", self.path / "outputs.npy.partial",
@@ -751,7 +751,7 @@ def pool_stats(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     n = _check_transfer(ds, "pretraining pool")
     s = s2 = 0.0; count = 0
     for i in range(n):
-        x = _image(ds, i).double().flatten(1)
+        x = _transfer_image(ds, i).double().flatten(1)
         s, s2, count = s + x.sum(1), s2 + (x * x).sum(1), count + x.shape[1]
     mean = s / count
     return mean.float(), (s2 / count - mean ** 2).clamp_min(1e-12).sqrt().float()

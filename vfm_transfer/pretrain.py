@@ -5,7 +5,6 @@
 # %% ../nbs/03_pretrain.ipynb #7384de62
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,38 +22,18 @@ from torch.utils.data import Dataset
 
 from .core import (ConfigError, DataError, Profile, atomic_torch_save, cache_dir, check_choice,
                                load_profile, set_seed)
-from .data import unlabeled_dataset
+from .data import dataset_key, item_image, unlabeled_dataset
 from .encoders import (PROVICNET_SEQUENCES, ViTEncoder, build_encoder, encoder_config, filter_mae,
                                    load_pretrained, profound_encoder_config)
 from .train import History, Recipe, dist_info, fit
 
 # %% auto #0
-__all__ = ['WARMUP_FRACTION', 'ENCODER_INITS', 'CHECKPOINT_FIELDS', 'dataset_key', 'patchify', 'masked_patch_loss', 'build_mae',
+__all__ = ['WARMUP_FRACTION', 'ENCODER_INITS', 'CHECKPOINT_FIELDS', 'patchify', 'masked_patch_loss', 'build_mae',
            'contrastive_augment', 'info_nce', 'PretrainResult', 'pretrain_mae', 'ContrastiveModel',
            'pretrain_contrastive', 'init_encoder_config', 'checkpoint_encoder', 'pretrained_encoder']
 
 # %% ../nbs/03_pretrain.ipynb #6e8fb7e2
-def _image(item) -> torch.Tensor:
-    "The image tensor of a dataset item: the item itself, its first element, or its `image` / `input` entry."
-    if isinstance(item, Mapping):
-        for k in ("image", "input"):
-            if k in item: return torch.as_tensor(item[k]).float()
-        raise DataError(f"dataset item has no 'image' or 'input' key; its keys are {sorted(map(str, item))}")
-    if isinstance(item, (tuple, list)): return torch.as_tensor(item[0]).float()
-    return torch.as_tensor(item).float()
-
-def _stack_images(items): return torch.stack([_image(it) for it in items])
-
-def dataset_key(ds: Dataset, # the unlabeled dataset
-               ) -> dict:
-    "Identity of a dataset for cache keys: its length and a content hash of its first and last images."
-    n = len(ds)
-    if n == 0: raise DataError("the unlabeled dataset is empty; pretraining needs at least one image")
-    h = hashlib.sha256()
-    for i in sorted({0, n - 1}):
-        x = _image(ds[i]).contiguous().numpy()
-        h.update(repr(x.shape).encode()); h.update(x.tobytes())
-    return dict(n=n, sha256=h.hexdigest()[:16])
+def _stack_images(items): return torch.stack([item_image(it) for it in items])
 
 # %% ../nbs/03_pretrain.ipynb #6c59724b
 def patchify(x: torch.Tensor, # images (B, C, *spatial)
@@ -199,10 +178,10 @@ def _pretrain(objective: str, encoder_cfg: Mapping, ds: Dataset, epochs: int, lr
     enc = build_encoder(**encoder_cfg)  # the same init for every objective (and for init="random")
     _check_vit(enc, f"pretrain_{objective}")
     encoder_cfg = dict(enc.cfg)
-    x0, want = _image(ds[0]), (enc.in_channels, *enc.img_size)
+    x0, want = item_image(ds[0]), (enc.in_channels, *enc.img_size)
     if tuple(x0.shape) != want:
         raise DataError(f"unlabeled dataset images must have shape {want} for this encoder, got {tuple(x0.shape)}")
-    config = dict(objective=objective, encoder_cfg=encoder_cfg, data=dict(dataset_key(ds), key=data_key),
+    config = dict(objective=objective, encoder_cfg=encoder_cfg, data=dict(key=dataset_key(ds), name=data_key),
                   epochs=epochs, lr=float(lr), batch_size=batch_size, seed=seed, **options)
     folder = cache_dir(config, kind="pretrain")
     path = folder / "encoder.pt"

@@ -219,7 +219,7 @@ def set_rng_state(s: Mapping, loader_gen: torch.Generator | None = None):
     if loader_gen is not None and s.get("loader") is not None: loader_gen.set_state(s["loader"])
     if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
 
-# %% ../nbs/04a_train.ipynb #85742255
+# %% ../nbs/04a_train.ipynb #696281c1
 CHECKPOINT_KEYS = ("config", "epoch", "model", "optimizer", "scheduler", "scaler", "history", "rng")
 
 def load_checkpoint(path: str | Path, # a `last.pt` written by `fit`
@@ -229,7 +229,8 @@ def load_checkpoint(path: str | Path, # a `last.pt` written by `fit`
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"cannot read training checkpoint {str(path)!r}: {type(e).__name__}: {e}") from None
+        first = (str(e).strip().splitlines() or [""])[0][:200]  # torch's own message runs to a dozen lines
+        raise CheckpointError(f"cannot read training checkpoint {str(path)!r}: {type(e).__name__}: {first}") from None
     missing = set(CHECKPOINT_KEYS) - set(ck) if isinstance(ck, Mapping) else set(CHECKPOINT_KEYS)
     if missing: raise CheckpointError(f"{str(path)!r} is not a training checkpoint: missing {sorted(missing)}")
     return ck
