@@ -12,10 +12,14 @@ import json
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -23,12 +27,13 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['DEVICES', 'PROFILES', 'DEFAULT_PROFILE', 'FIGURES_ENV', 'PROGRESS_ENV', 'FINGERPRINTED', 'VFMTransferError',
-           'ConfigError', 'DataError', 'CheckpointError', 'check_choice', 'set_seed', 'get_device', 'Profile',
-           'load_profile', 'config_hash', 'cache_root', 'cache_dir', 'atomic_write', 'atomic_write_text',
-           'atomic_write_json', 'atomic_torch_save', 'sha256_file', 'save_figure', 'save_table', 'save_metrics',
-           'checkout_root', 'figures_root', 'default_out_dir', 'resolve_out_dir', 'git_commit', 'progress', 'Timer',
-           'run_key']
+__all__ = ['DEVICES', 'PROFILES', 'CLAIM_FILE', 'BREAK_FILE', 'DEFAULT_PROFILE', 'FIGURES_ENV', 'PROGRESS_ENV', 'FINGERPRINTED',
+           'EXECUTION_FIELDS', 'VFMTransferError', 'ConfigError', 'DataError', 'CheckpointError', 'ClaimTimeout',
+           'check_choice', 'set_seed', 'get_device', 'Profile', 'load_profile', 'config_hash', 'cache_root',
+           'cache_dir', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'Claim',
+           'read_claim', 'claim_is_stale', 'try_claim', 'release_claim', 'claim', 'sha256_file', 'save_figure',
+           'save_table', 'save_metrics', 'checkout_root', 'figures_root', 'default_out_dir', 'resolve_out_dir',
+           'git_commit', 'progress', 'Timer', 'result_fields', 'run_key']
 
 # %% ../nbs/00_core.ipynb #36fdaf72
 class VFMTransferError(Exception):
@@ -42,6 +47,9 @@ class DataError(VFMTransferError, ValueError):
 
 class CheckpointError(VFMTransferError, ValueError):
     "A checkpoint is missing, corrupt, unsafe, or does not fit the model."
+
+class ClaimTimeout(VFMTransferError, TimeoutError):
+    "A claimed folder stayed claimed by another worker for longer than the caller would wait."
 
 # %% ../nbs/00_core.ipynb #de3502ab
 def check_choice(value: Any, # the value given
@@ -104,7 +112,12 @@ _BASE = dict(
     gallery_size=1500, teacher="vit_tiny", students=("student_tiny",), kd_epochs=3, kd_temperature=2.0,
     teacher_pretrain_epochs=6, teacher_lr=1e-3, teacher_pool="generic+gallery", kd_finetune_steps=50, n_views=2, retrieval_sizes=(1, 3, 7),
     # running
-    device="auto", amp=False, num_workers=0, seed=0,
+    device="auto", amp=False, num_workers=0,
+    # every arm runs every seed, paired: the same data for every arm within a seed
+    seeds=(0, 1),
+    # where a grid of runs executes (`grid.run_grid`); they never change a result, so run keys leave them out
+    executor="local", workers=None,  # "inline" | "local" | "slurm"; local worker processes (None: one per core or GPU)
+    slurm_partition=None, slurm_gpus=0, slurm_cpus=2, slurm_time_min=60, slurm_array_parallelism=32,
     # real data and checkpoints (paper profile); None means "not used"
     manifest=None, profound_ckpt=None, provicnet_ckpt=None, dinov2_ckpt=None,
     image_root=None, gallery_root=None, cache_root=None,
@@ -115,20 +128,27 @@ PROFILES: dict[str, dict] = {
         vol_size=(16, 16, 16), n_train=6, n_val=4, n_test=4, n_unlabeled=8,
         img_size=(16, 16, 16), patch_size=(8, 8, 8), head_feature_size=4, pretrain_epochs=2, finetune_epochs=2, batch_size=2,
         img2d_size=16, n_classes_2d=3, labels_per_class=(2, 4), n_test_2d=24, transfer_size=48, gallery_size=96,
-        kd_epochs=1, teacher_pretrain_epochs=2, kd_finetune_steps=10, retrieval_sizes=(1, 3))},
+        kd_epochs=1, teacher_pretrain_epochs=2, kd_finetune_steps=10, retrieval_sizes=(1, 3),
+        executor="inline")},  # a micro run takes about as long as starting a worker process
+    # sized so that each claim can be resolved on a 2-core CPU: seeds, test cases and steps, not volume size
+    "cpu": {**_BASE, **dict(
+        n_train=48, n_val=16, n_test=200, n_unlabeled=96, pretrain_epochs=20, finetune_epochs=12, seeds=(0, 1, 2),
+        n_test_2d=1000, transfer_size=1000, gallery_size=3000, kd_epochs=8, teacher_pretrain_epochs=12,
+        kd_finetune_steps=100)},
     "tiny": dict(_BASE),
     "small": {**_BASE, **dict(
         vol_size=(64, 64, 64), n_train=200, n_val=50, n_test=100, n_unlabeled=800, encoder="small",
         img_size=(64, 64, 64), patch_size=(16, 16, 16), head_feature_size=16, pretrain_epochs=50, finetune_epochs=30, batch_size=8,
         img2d_size=64, n_classes_2d=10, n_test_2d=1000, transfer_size=20000, gallery_size=100000,
         teacher="vit_small", students=("fastvit_t8", "mobilevitv2_050"), kd_epochs=30, teacher_pretrain_epochs=50,
-        retrieval_sizes=(1, 3, 7, 15), amp=True, num_workers=4, provicnet_size="small", provicnet_patch=16)},
+        retrieval_sizes=(1, 3, 7, 15), amp=True, num_workers=4, provicnet_size="small", provicnet_patch=16,
+        slurm_gpus=1, slurm_cpus=8, slurm_time_min=120)},
     "paper": {**_BASE, **dict(
         vol_size=(64, 256, 256), n_train=None, n_val=None, n_test=None, n_unlabeled=None, encoder="base",
         img_size=(64, 256, 256), patch_size=(16, 32, 32), head_feature_size=16, pretrain_epochs=0, finetune_epochs=100, batch_size=4,
         lr=1e-4, layer_decay=0.75, img2d_size=224, n_classes_2d=None, labels_per_class=(5, 10, 25),
         teacher="vit_large_dinov2", students=("fastvit_t8", "mobilevitv2_050"), kd_epochs=200,
-        retrieval_sizes=(1, 3, 7, 15, 31), amp=True, num_workers=8,
+        retrieval_sizes=(1, 3, 7, 15, 31), amp=True, num_workers=8, slurm_gpus=1, slurm_cpus=10, slurm_time_min=24 * 60,
         # ProViCNet's ViT-S/14; its 14-px patch kernel is resampled to 16 px (timm's checkpoint filter) so slices of
         # 256 px form a whole grid. Set provicnet_patch=14 with a vol_size divisible by 14 to keep the original kernel.
         provicnet_size="small", provicnet_patch=16)},
@@ -253,6 +273,159 @@ def _json_default(o):
     if isinstance(o, (Path, torch.device)): return str(o)
     if isinstance(o, (set, tuple)): return list(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+# %% ../nbs/00_core.ipynb #c1a1e002
+CLAIM_FILE = "claim.lock"  # the lock file a claim holds inside its folder
+_HELD: dict = {}  # (lock path, thread id) -> [Claim, depth]: a thread that holds a claim re-enters it
+_HELD_LOCK = threading.Lock()
+
+def _pid_start(pid: int) -> str | None:
+    # the kernel's start time of `pid` (Linux /proc), so that a recycled pid is not mistaken for the owner
+    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError): return None
+
+def _pid_alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+class Claim:
+    "A held claim on a folder: its lock file, owner record and heartbeat thread (see `claim`)."
+    def __init__(self, lock: Path, owner: dict, heartbeat_s: float):
+        self.lock, self.owner, self.heartbeat_s, self.lost = lock, owner, heartbeat_s, False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"claim-heartbeat {lock.parent.name}")
+        self._thread.start()
+
+    def __repr__(self): return f"Claim({self.lock.parent}, owner={self.owner['host']}:{self.owner['pid']})"
+
+    def _beat(self):
+        while not self._stop.wait(self.heartbeat_s):
+            if read_claim(self.lock.parent).get("token") != self.owner["token"]:
+                self.lost = True  # taken over (we were judged stale): stop touching another owner's lock
+                warnings.warn(f"claim on {self.lock.parent} was taken over by another worker")
+                return
+            with contextlib.suppress(OSError): os.utime(self.lock)
+
+    def release(self):
+        "Stop the heartbeat and remove the lock file if it is still ours."
+        self._stop.set()
+        self._thread.join()
+        if read_claim(self.lock.parent).get("token") == self.owner["token"]:
+            with contextlib.suppress(FileNotFoundError): self.lock.unlink()
+
+def read_claim(folder: str | Path, # a claimable folder
+              ) -> dict:
+    "The owner record of `folder`'s claim plus `age_s` (seconds since its last heartbeat); {} when unclaimed."
+    lock = Path(folder) / CLAIM_FILE
+    try:
+        text, mtime = lock.read_text(), lock.stat().st_mtime
+    except FileNotFoundError: return {}
+    try: rec = json.loads(text)
+    except json.JSONDecodeError: rec = {}  # being written right now (created, content not yet flushed)
+    return {**rec, "age_s": time.time() - mtime}
+
+def claim_is_stale(rec: Mapping, # a `read_claim` record
+                   stale_s: float = 300.0, # a heartbeat older than this is stale
+                  ) -> bool:
+    "Whether a claim's owner is gone: its pid is dead (or recycled) on this host, or its heartbeat is older than `stale_s`."
+    if not rec: return False
+    if rec.get("host") == socket.gethostname() and isinstance(rec.get("pid"), int) and rec["pid"] != os.getpid():
+        if not _pid_alive(rec["pid"]): return True
+        if rec.get("pid_start") and _pid_start(rec["pid"]) not in (None, rec["pid_start"]): return True
+    return rec["age_s"] > stale_s
+
+def _new_owner(owner: Mapping | None) -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
+            "thread": threading.get_ident(), "started": time.time(), "token": uuid.uuid4().hex, **dict(owner or {})}
+
+def _write_new(lock: Path, owner: dict) -> bool:
+    # O_CREAT|O_EXCL: exactly one process creates the file; the loser gets FileExistsError
+    try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError: return False
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(owner)); f.flush(); os.fsync(f.fileno())
+    return True
+
+BREAK_FILE = "claim.lock.break"  # held for a few milliseconds while a stale claim is replaced
+
+def _take_over(lock: Path, stale: Mapping, owner: dict, stale_s: float) -> bool:
+    "Replace the stale lock `stale` by ours, atomically; False if someone else changed it first."
+    brk = lock.with_name(BREAK_FILE)
+    with contextlib.suppress(FileNotFoundError):  # a breaker that died within its few milliseconds
+        if time.time() - brk.stat().st_mtime > min(30.0, stale_s): brk.unlink()
+    if not _write_new(brk, owner): return False  # another worker is taking it over right now
+    try:
+        now = read_claim(lock.parent)
+        if now.get("token") != stale.get("token") or not claim_is_stale(now, stale_s): return False
+        tmp = lock.with_name(f"{CLAIM_FILE}.{owner['token']}")
+        tmp.write_text(json.dumps(owner))
+        os.replace(tmp, lock)  # rename over the stale lock: there is never a moment without a lock file
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError): brk.unlink()
+
+def try_claim(folder: str | Path, # the folder to claim (created)
+              owner: Mapping | None = None, # extra fields for the owner record (e.g. {"job": "123"})
+              heartbeat_s: float = 15.0, # seconds between heartbeats
+              stale_s: float = 300.0, # a claim whose heartbeat is older than this is taken over
+             ) -> Claim | None:
+    "Claim `folder` now if nobody (alive) holds it: a `Claim` (call `.release()`), else None."
+    if not 0 < heartbeat_s < stale_s:
+        raise ConfigError(f"claim {folder}: need 0 < heartbeat_s < stale_s, got heartbeat_s={heartbeat_s}, stale_s={stale_s}")
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / CLAIM_FILE
+    key = (str(lock.absolute()), threading.get_ident())
+    with _HELD_LOCK:
+        if key in _HELD:  # this thread holds it already: nested claims of one folder re-enter
+            _HELD[key][1] += 1
+            return _HELD[key][0]
+    rec = _new_owner(owner)
+    got = _write_new(lock, rec)
+    if not got:
+        cur = read_claim(folder)
+        if not cur: got = _write_new(lock, rec)  # released in between
+        elif claim_is_stale(cur, stale_s): got = _take_over(lock, cur, rec, stale_s)
+    if not got: return None
+    c = Claim(lock, rec, heartbeat_s)
+    with _HELD_LOCK: _HELD[key] = [c, 1]
+    return c
+
+def release_claim(c: Claim):
+    "Release a claim from `try_claim` (the lock goes when the outermost holder releases)."
+    key = (str(c.lock.absolute()), threading.get_ident())
+    with _HELD_LOCK:
+        held = _HELD.get(key)
+        if held is not None and held[0] is c:
+            held[1] -= 1
+            if held[1] > 0: return
+            del _HELD[key]
+    c.release()
+
+
+# %% ../nbs/00_core.ipynb #c1a1e004
+@contextlib.contextmanager
+def claim(folder: str | Path, # the folder whose work this block does (created)
+          owner: Mapping | None = None, # extra fields for the owner record
+          heartbeat_s: float = 15.0, # seconds between heartbeats (the lock file's mtime)
+          stale_s: float = 300.0, # a heartbeat older than this means the owner is gone (any host)
+          wait: bool = True, # wait for another owner to finish; False: yield None at once
+          timeout: float | None = None, # give up waiting after this many seconds (`ClaimTimeout`)
+          poll_s: float = 0.5, # seconds between looks at a held claim
+         ) -> Iterator[Claim | None]:
+    "Hold an exclusive claim on `folder` for the block: one worker computes, the others wait (or get None) and then read."
+    t0 = time.monotonic()
+    c = try_claim(folder, owner, heartbeat_s, stale_s)
+    while c is None and wait:
+        if timeout is not None and time.monotonic() - t0 > timeout:
+            rec = read_claim(folder)
+            raise ClaimTimeout(f"{folder} is still claimed by {rec.get('host')}:{rec.get('pid')} after {timeout}s")
+        time.sleep(min(poll_s, 0.05 + (time.monotonic() - t0) / 4))  # short at first: micro runs finish in seconds
+        c = try_claim(folder, owner, heartbeat_s, stale_s)
+    try: yield c
+    finally:
+        if c is not None: release_claim(c)
 
 # %% ../nbs/00_core.ipynb #df0246d7
 _PDF_META = {"CreationDate": None, "Creator": None, "Producer": None}
@@ -414,6 +587,14 @@ class Timer:
 
 # %% ../nbs/00_core.ipynb #eeedeae4
 FINGERPRINTED = ("manifest", "profound_ckpt", "provicnet_ckpt", "dinov2_ckpt")
+EXECUTION_FIELDS = ("executor", "workers", "slurm_partition", "slurm_gpus", "slurm_cpus", "slurm_time_min",
+                    "slurm_array_parallelism")  # where runs execute: never part of a run key
+
+def result_fields(profile: Mapping, # a `Profile`
+                 ) -> dict:
+    "The profile without its execution fields: what a run's result depends on (the profile part of every run key)."
+    return {k: v for k, v in profile.items() if k not in EXECUTION_FIELDS}
+
 
 def run_key(profile: Mapping, # a `Profile`
             seed: int, # the experiment's seed
@@ -426,4 +607,4 @@ def run_key(profile: Mapping, # a `Profile`
         if path.is_file(): files[k] = sha256_file(path)
         elif path.is_dir(): files[k] = {f.name: sha256_file(f) for f in sorted(path.iterdir()) if f.is_file()}
         else: raise ConfigError(f"{k} not found: {path}")
-    return {**profile, "seed": int(seed), **({"files": files} if files else {})}
+    return {**result_fields(profile), "seed": int(seed), **({"files": files} if files else {})}
