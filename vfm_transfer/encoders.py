@@ -282,6 +282,18 @@ def _convnext3d(size: str = "tiny", **kwargs) -> ConvNeXtEncoder:
     check_choice(size, CONVNEXT_PRESETS, "convnext size")
     return ConvNeXtEncoder(**{**CONVNEXT_PRESETS[size], **kwargs})
 
+# %% ../nbs/02_encoders.ipynb #740325b9
+def _convnext_layer_id(self, name: str, # a parameter name relative to the encoder, e.g. "stages.2.1.dwconv.weight"
+                      ) -> int:
+    "ProFound's layer id of parameter `name` for layer-wise LR decay (0 < id <= num_layers + 1)."
+    parts = name.split(".")
+    if parts[0] in ("downsample_layers", "stages"):
+        i = int(parts[1])
+        return sum(self.depths[:i]) + (int(parts[2]) if parts[0] == "stages" else 0) + 1
+    return self.num_layers + 1
+
+ConvNeXtEncoder.layer_id = _convnext_layer_id
+
 # %% ../nbs/02_encoders.ipynb #3212a66b
 SAFE_GLOBALS = [argparse.Namespace]  # the only non-tensor type real checkpoints carry (ProFound's `args`)
 
