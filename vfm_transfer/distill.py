@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -26,7 +27,8 @@ from torchvision.transforms.v2 import functional as TF
 from .core import (CheckpointError, ConfigError, DataError, Profile, atomic_torch_save, atomic_write_json,
                                cache_dir, check_choice, config_hash, load_profile, progress, run_key, set_seed)
 from .data import dataset_key, make_kd_datasets
-from .encoders import build_teacher_2d, load_pretrained
+from .encoders import (build_teacher_2d, dinov2_config_from_state_dict, load_pretrained, safe_load,
+                                   teacher_conflict)
 from .retrieval import build_transfer_set
 from .train import Recipe, fit, param_groups, resolve_device
 
@@ -36,7 +38,7 @@ __all__ = ['TASKS_2D', 'STUDENTS', 'TEACHER_ARCH', 'OUTPUTS', 'FEATURE_LOSSES', 
            'teacher_from_backbone', 'build_teacher', 'InputNorm', 'kd_loss', 'view_params', 'make_view', 'state_sha',
            'TeacherCache', 'train_supervised', 'evaluate_2d', 'finetune_teacher', 'finetune_student', 'distill_task',
            'feature_loss', 'ProjectedFeatures', 'distill_features', 'count_flops', 'stage_flops', 'kd_datasets',
-           'pool_stats', 'teacher_checkpoints', 'pretrained_teacher', 'labeled_epochs', 'run_kd']
+           'pool_stats', 'teacher_checkpoints', 'dinov2_teacher', 'pretrained_teacher', 'labeled_epochs', 'run_kd']
 
 # %% ../nbs/07_distill.ipynb #a1ccd662
 TASKS_2D = {"classification", "segmentation"}
@@ -761,6 +763,25 @@ def teacher_checkpoints(epochs: int, # the teacher's pretraining epochs
     "The epochs at which teacher pretraining keeps a checkpoint: a quarter, half and all of the run."
     return sorted({max(1, epochs // 4), max(1, epochs // 2), int(epochs)})
 
+def dinov2_teacher(path: str | Path, # a DINOv2 checkpoint (facebookresearch/dinov2's layout, or timm's)
+                   img_size: int, # the teacher's input size (a multiple of the file's patch size)
+                   teacher: str | None = None, # the profile's teacher preset: one warning line if the file disagrees
+                  ) -> nn.Module:
+    "A teacher backbone with the architecture the DINOv2 file holds (width, depth, heads, patch, registers, LayerScale)."
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"dinov2_ckpt not found: {path} (a papermill parameter or $VFM_TRANSFER_DINOV2_CKPT)")
+    cfg = dinov2_config_from_state_dict(safe_load(path))
+    if img_size % cfg["patch_size"]:
+        raise ConfigError(f"img2d_size {img_size} is not a multiple of the patch size {cfg['patch_size']} of "
+                          f"{str(path)!r} ({cfg['label']})")
+    if teacher:
+        with torch.device("meta"):  # shapes only: no memory, no init cost
+            preset = build_teacher_2d(teacher, img_size=img_size, **TEACHER_ARCH.get(teacher, {}))
+        line = teacher_conflict(preset, cfg, repr(str(path)))
+        if line: warnings.warn(f"{line}; using the file's architecture")
+    return build_teacher_2d(cfg["name"], num_classes=0, img_size=img_size, **cfg["timm_kwargs"])
+
 def pretrained_teacher(profile: str | Mapping = "tiny", # a profile name, a mapping or a `core.Profile`
                        seed: int = 0,
                        device: str = "auto",
@@ -773,14 +794,15 @@ def pretrained_teacher(profile: str | Mapping = "tiny", # a profile name, a mapp
     "The teacher backbone (timm ViT behind `InputNorm`, no head) and its pretraining info; pretrained once and cached."
     p = load_profile(profile)
     set_seed(seed)  # the initial weights must not depend on what ran before in this process
-    vit = build_teacher_2d(p.teacher, num_classes=0, img_size=p.img2d_size, **TEACHER_ARCH.get(p.teacher, {}))
     if p.get("dinov2_ckpt"):
         if at_epoch is not None:
             raise ConfigError("a DINOv2 checkpoint has no intermediate pretraining checkpoints (at_epoch); "
                               "teachers of several budgets need in-run pretraining (no dinov2_ckpt)")
+        vit = dinov2_teacher(p.dinov2_ckpt, p.img2d_size, p.get("teacher"))
         report = load_pretrained(vit, p.dinov2_ckpt, format="dinov2")
         return InputNorm(vit, IMAGENET_MEAN, IMAGENET_STD), {"source": str(p.dinov2_ckpt), "report": report,
                                                              "n_pretrain": 0, "epochs": 0}
+    vit = build_teacher_2d(p.teacher, num_classes=0, img_size=p.img2d_size, **TEACHER_ARCH.get(p.teacher, {}))
     if p.get("image_root"):
         raise ConfigError("with image folders the teacher is a DINOv2 checkpoint: set dinov2_ckpt (the gallery has no "
                           "labels to pretrain a teacher on)")

@@ -5,6 +5,7 @@
 # %% ../nbs/03_pretrain.ipynb #7384de62
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +24,16 @@ from torch.utils.data import Dataset
 from .core import (ConfigError, DataError, Profile, atomic_torch_save, cache_dir, check_choice,
                                load_profile, set_seed)
 from .data import dataset_key, item_image, unlabeled_dataset
-from .encoders import (PROVICNET_SEQUENCES, ViTEncoder, build_encoder, encoder_config, filter_mae,
-                                   load_pretrained, profound_encoder_config)
+from .encoders import (PROVICNET_SEQUENCES, ViTEncoder, build_encoder, convnext_config_from_state_dict,
+                                   detect_format, encoder_config, filter_mae, load_pretrained, profound_encoder_config,
+                                   safe_load)
 from .train import History, Recipe, dist_info, fit
 
 # %% auto #0
 __all__ = ['WARMUP_FRACTION', 'ENCODER_INITS', 'CHECKPOINT_FIELDS', 'patchify', 'masked_patch_loss', 'build_mae',
            'contrastive_augment', 'info_nce', 'PretrainResult', 'pretrain_mae', 'ContrastiveModel',
-           'pretrain_contrastive', 'init_encoder_config', 'checkpoint_encoder', 'pretrained_encoder']
+           'pretrain_contrastive', 'profound_architecture', 'init_encoder_config', 'checkpoint_encoder',
+           'pretrained_encoder']
 
 # %% ../nbs/03_pretrain.ipynb #6e8fb7e2
 def _stack_images(items): return torch.stack([item_image(it) for it in items])
@@ -287,6 +290,21 @@ def pretrain_contrastive(encoder_cfg: Mapping, # `build_encoder` kwargs (e.g. `e
 ENCODER_INITS = ("mae", "contrastive", "random")  # the encoders behind run inits (finetune.INITS)
 CHECKPOINT_FIELDS = {"mae": "profound_ckpt", "contrastive": "provicnet_ckpt"}  # the profile path that replaces pretraining
 
+@functools.lru_cache(maxsize=8)
+def _profound_arch(path: str, mtime_ns: int, size: int) -> dict | None:
+    "The ConvNeXt `build_encoder` kwargs (no img_size) of a ProFound-Conv file, None for a ViT checkpoint (read once)."
+    obj = safe_load(path)
+    return convnext_config_from_state_dict(obj) if detect_format(obj) == "profound_conv" else None
+
+def profound_architecture(path: str | Path, # a ProFound checkpoint: ViT-MAE, or ProFound-Conv (FCMAE / dense ConvNeXt-V2)
+                         ) -> dict | None:
+    "The ConvNeXt-V2 architecture a ProFound-Conv checkpoint holds, or None for a ViT checkpoint."
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"profound_ckpt not found: {path} (a papermill parameter or $VFM_TRANSFER_PROFOUND_CKPT)")
+    st = path.stat()
+    return _profound_arch(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
 def init_encoder_config(init: str, # "mae" | "contrastive" | "random"
                         profile: str | Mapping = "tiny", # a profile name or a `core.Profile`
                        ) -> dict:
@@ -297,6 +315,8 @@ def init_encoder_config(init: str, # "mae" | "contrastive" | "random"
         return dict(arch="provicnet", size=p.provicnet_size, img_size=tuple(p.img_size), patch_size=int(p.provicnet_patch),
                     in_channels=3)
     if init != "contrastive" and p.get("profound_ckpt"):
+        conv = profound_architecture(p.profound_ckpt)  # ProFound-Conv sets a ConvNeXt-V2, else ProFound's 3-D ViT
+        if conv is not None: return {**conv, "img_size": tuple(p.img_size)}
         return profound_encoder_config(p.encoder, img_size=tuple(p.img_size), patch_size=tuple(p.patch_size))
     return encoder_config(p)
 

@@ -130,8 +130,9 @@ class History:
 _TOKEN_NAMES = ("cls_token", "pos_embed", "position_embeddings", "mask_token", "reg_token", "register_tokens")
 _EMBED_NAMES = ("patch_embed",) + _TOKEN_NAMES  # layer 0 for layer decay
 
-def _layer_id(name: str, num_layers: int) -> int:
+def _layer_id(name: str, num_layers: int, encoder: nn.Module | None = None) -> int:
     if not name.startswith("encoder."): return num_layers + 1  # the head
+    if hasattr(encoder, "layer_id"): return encoder.layer_id(name[len("encoder."):])  # e.g. ConvNeXt: its own ids
     m = re.search(r"\.blocks\.(\d+)\.", name)
     if m: return int(m.group(1)) + 1
     if any(k in name for k in _EMBED_NAMES): return 0
@@ -150,7 +151,7 @@ def param_groups(model: nn.Module, # any model; layer decay needs `model.encoder
     groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad: continue
-        layer = _layer_id(name, num_layers or 0) if layer_decay is not None else 0
+        layer = _layer_id(name, num_layers or 0, getattr(model, "encoder", None)) if layer_decay is not None else 0
         scale = layer_decay ** (num_layers + 1 - layer) if layer_decay is not None else 1.0
         scale *= next((s for pre, s in (lr_scale or {}).items() if name.startswith(pre)), 1.0)
         no_wd = p.ndim <= 1 or name.endswith(".bias") or any(k in name for k in _TOKEN_NAMES)
