@@ -105,6 +105,37 @@ class History:
         ok = v >= best - slack if higher_is_better(metric) else v <= best + slack
         return int(e[np.argmax(ok & ~np.isnan(v))])
 
+    def initial(self, metric: str | None = None) -> float:
+        "The epoch-0 (untrained) value of `metric` (`fit(..., evaluate_initial=True)`); NaN without an epoch-0 row."
+        e, v, _ = self.values(metric)
+        return float(v[e == 0][0]) if (e == 0).any() else float("nan")
+
+    def improvement(self, metric: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        "(epochs, improvement over epoch 0 in the better direction) of `metric`; `ConfigError` without an epoch-0 row."
+        e, v, metric = self.values(metric)
+        v0 = self.initial(metric)
+        if math.isnan(v0): raise ConfigError(f"the History has no finite epoch-0 value of {metric!r}; train with evaluate_initial=True")
+        return e, (v - v0) if higher_is_better(metric) else (v0 - v)
+
+    def epochs_to_improvement(self, fraction: float = 0.95, # share of the best improvement over epoch 0
+                              metric: str | None = None) -> int:
+        "The first epoch at which `metric` has made `fraction` of its best improvement over epoch 0; 0 if it never improves."
+        if not 0 < fraction <= 1: raise ConfigError(f"fraction must be in (0, 1], got {fraction!r}")
+        e, d = self.improvement(metric)
+        best = np.nanmax(d)
+        if not best > 0: return 0  # nothing beyond epoch 0 to converge to
+        return int(e[np.argmax(np.nan_to_num(d, nan=-np.inf) >= fraction * best)])
+
+    def improvement_auc(self, metric: str | None = None,
+                        normalised: bool = False, # divide by the best improvement: 1 = at its best from epoch 1
+                       ) -> float:
+        "Area under the improvement-over-epoch-0 curve divided by the epochs spanned (its mean height), in `metric` units."
+        e, d = self.improvement(metric)
+        area = float(np.trapezoid(d, e) / (e[-1] - e[0])) if len(e) > 1 else 0.0
+        if not normalised: return area
+        best = float(np.nanmax(d))
+        return area / best if best > 0 else float("nan")
+
     def auc(self, metric: str | None = None) -> float:
         "Area under the validation curve of `metric`, normalised by the epochs it spans (the curve's mean height)."
         e, v, _ = self.values(metric)
