@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['DEVICES', 'PROFILES', 'CLAIM_FILE', 'BREAK_FILE', 'DEFAULT_PROFILE', 'FIGURES_ENV', 'PROGRESS_ENV', 'FINGERPRINTED',
-           'EXECUTION_FIELDS', 'VFMTransferError', 'ConfigError', 'DataError', 'CheckpointError', 'ClaimTimeout',
-           'check_choice', 'set_seed', 'get_device', 'Profile', 'load_profile', 'config_hash', 'cache_root',
-           'cache_dir', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'Claim',
-           'read_claim', 'claim_is_stale', 'try_claim', 'release_claim', 'claim', 'sha256_file', 'save_figure',
+__all__ = ['DEVICES', 'PROFILES', 'CLAIM_FILE', 'BREAK_FILE', 'FOLLOWER', 'DEFAULT_PROFILE', 'FIGURES_ENV', 'PROGRESS_ENV',
+           'FINGERPRINTED', 'EXECUTION_FIELDS', 'VFMTransferError', 'ConfigError', 'DataError', 'CheckpointError',
+           'ClaimTimeout', 'check_choice', 'set_seed', 'get_device', 'Profile', 'load_profile', 'config_hash',
+           'cache_root', 'cache_dir', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save',
+           'Claim', 'read_claim', 'claim_is_stale', 'try_claim', 'release_claim', 'claim', 'sha256_file', 'save_figure',
            'save_table', 'save_metrics', 'checkout_root', 'figures_root', 'default_out_dir', 'resolve_out_dir',
            'git_commit', 'progress', 'Timer', 'result_fields', 'run_key']
 
@@ -331,14 +331,23 @@ def claim_is_stale(rec: Mapping, # a `read_claim` record
                   ) -> bool:
     "Whether a claim's owner is gone: its pid is dead (or recycled) on this host, or its heartbeat is older than `stale_s`."
     if not rec: return False
+    mine, theirs = _slurm_job(), rec.get("slurm_job")
+    if mine and theirs and mine != theirs and mine.split(":")[0] == theirs.split(":")[0]: return True  # requeued job
     if rec.get("host") == socket.gethostname() and isinstance(rec.get("pid"), int) and rec["pid"] != os.getpid():
         if not _pid_alive(rec["pid"]): return True
         if rec.get("pid_start") and _pid_start(rec["pid"]) not in (None, rec["pid_start"]): return True
     return rec["age_s"] > stale_s
 
+def _slurm_job() -> str | None:
+    # a requeued Slurm job keeps its id and counts its restarts: a lock of an earlier incarnation is stale at once
+    j = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+    j = j or os.environ.get("SLURM_JOB_ID")
+    return f"{j}:{os.environ.get('SLURM_RESTART_COUNT', '0')}" if j else None
+
 def _new_owner(owner: Mapping | None) -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
-            "thread": threading.get_ident(), "started": time.time(), "token": uuid.uuid4().hex, **dict(owner or {})}
+            "thread": threading.get_ident(), "started": time.time(), "token": uuid.uuid4().hex,
+            "slurm_job": _slurm_job(), **dict(owner or {})}
 
 def _write_new(lock: Path, owner: dict) -> bool:
     # O_CREAT|O_EXCL: exactly one process creates the file; the loser gets FileExistsError
@@ -405,6 +414,8 @@ def release_claim(c: Claim):
 
 
 # %% ../nbs/00_core.ipynb #c1a1e004
+FOLLOWER = "follower"  # what `claim` yields on torch.distributed ranks other than 0
+
 @contextlib.contextmanager
 def claim(folder: str | Path, # the folder whose work this block does (created)
           owner: Mapping | None = None, # extra fields for the owner record
@@ -415,6 +426,9 @@ def claim(folder: str | Path, # the folder whose work this block does (created)
           poll_s: float = 0.5, # seconds between looks at a held claim
          ) -> Iterator[Claim | None]:
     "Hold an exclusive claim on `folder` for the block: one worker computes, the others wait (or get None) and then read."
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        yield FOLLOWER  # one claim per distributed group: rank 0 holds it, the other ranks follow rank 0
+        return
     t0 = time.monotonic()
     c = try_claim(folder, owner, heartbeat_s, stale_s)
     while c is None and wait:
