@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from fastcore.basics import patch
 from torch import nn
 from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 from monai.networks.layers import Conv, DropPath
@@ -21,18 +22,31 @@ from .core import CheckpointError, ConfigError, DataError, check_choice, get_dev
 
 # %% auto #0
 __all__ = ['POOLS', 'ENCODER_PRESETS', 'CONVNEXT_PRESETS', 'SAFE_GLOBALS', 'PROVICNET_SEQUENCES', 'FORMATS', 'TEACHER_PRESETS',
-           'PROVICNET_PRESETS', 'FUSIONS', 'ViTEncoder', 'register_encoder', 'build_encoder', 'list_encoders',
-           'encoder_config', 'ChannelsFirstLayerNorm', 'GRN', 'ConvNeXtBlock', 'default_convnext_strides',
-           'ConvNeXtEncoder', 'safe_load', 'extract_features', 'filter_native', 'filter_profound', 'filter_mae',
-           'filter_dinov2', 'filter_provicnet', 'filter_profound_conv', 'detect_format', 'describe_state_dict',
-           'load_pretrained', 'profound_encoder_config', 'convnext_config_from_state_dict', 'TimmViTEncoder',
-           'build_teacher_2d', 'dinov2_config_from_state_dict', 'teacher_conflict', 'SliceViT', 'ProViCNetEncoder',
-           'slice_stacks', 'slice_positions']
+           'PROVICNET_PRESETS', 'FUSIONS', 'TokenEncoder', 'ViTEncoder', 'register_encoder', 'build_encoder',
+           'list_encoders', 'encoder_config', 'ChannelsFirstLayerNorm', 'GRN', 'ConvNeXtBlock',
+           'default_convnext_strides', 'ConvNeXtEncoder', 'safe_load', 'extract_features', 'filter_native',
+           'filter_profound', 'filter_mae', 'filter_dinov2', 'filter_provicnet', 'filter_profound_conv',
+           'detect_format', 'describe_state_dict', 'load_pretrained', 'profound_encoder_config',
+           'convnext_config_from_state_dict', 'TimmViTEncoder', 'build_teacher_2d', 'dinov2_config_from_state_dict',
+           'teacher_conflict', 'SliceViT', 'ProViCNetEncoder', 'slice_stacks', 'slice_positions']
 
 # %% ../nbs/02_encoders.ipynb #5bf32d68
 POOLS = {"mean", "cls", "tokens"}
 
-class ViTEncoder(nn.Module):
+class TokenEncoder(nn.Module):
+    "The surface every token encoder shares: `forward(x) = forward_features(x)` and `forward_head(tokens, pool)`."
+    def forward(self, x: torch.Tensor): return self.forward_features(x)
+
+    def forward_head(self, tokens: torch.Tensor, pool: str = "mean") -> torch.Tensor:
+        "Pool patch tokens to one vector per image (`mean`, `cls`) or return them (`tokens`)."
+        check_choice(pool, POOLS, "pool")
+        if pool == "tokens": return tokens
+        if pool == "cls":
+            if self.last_cls is None: raise ConfigError("pool='cls' needs an encoder with a CLS token (cls_token=True)")
+            return self.last_cls
+        return tokens.mean(1)
+
+class ViTEncoder(TokenEncoder):
     "A ViT on MONAI's patch-embedding and transformer blocks, with an optional CLS token; 2-D or 3-D."
     def __init__(self,
                  spatial_dims: int = 3, # 2 or 3
@@ -83,7 +97,8 @@ def _check_input(enc, x: torch.Tensor):
     if x.ndim != enc.spatial_dims + 2 or tuple(x.shape[1:]) != want:
         raise ConfigError(f"encoder expects input (B, {', '.join(map(str, want))}), got {tuple(x.shape)}")
 
-def _vit_forward_features(self, x: torch.Tensor):
+@patch
+def forward_features(self: ViTEncoder, x: torch.Tensor):
     "Patch tokens after the final norm and the per-block hidden states (patch tokens only)."
     _check_input(self, x)
     t = self.patch_embedding(x)
@@ -96,19 +111,6 @@ def _vit_forward_features(self, x: torch.Tensor):
     t = self.norm(t)
     self.last_cls = t[:, 0] if n_cls else None
     return t[:, n_cls:], hidden
-
-def _forward_head(self, tokens: torch.Tensor, pool: str = "mean") -> torch.Tensor:
-    "Pool patch tokens to one vector per image (`mean`, `cls`) or return them (`tokens`)."
-    check_choice(pool, POOLS, "pool")
-    if pool == "tokens": return tokens
-    if pool == "cls":
-        if self.last_cls is None: raise ConfigError("pool='cls' needs an encoder with a CLS token (cls_token=True)")
-        return self.last_cls
-    return tokens.mean(1)
-
-ViTEncoder.forward_features = _vit_forward_features
-ViTEncoder.forward_head = _forward_head
-ViTEncoder.forward = lambda self, x: self.forward_features(x)
 
 # %% ../nbs/02_encoders.ipynb #06418c90
 ENCODER_PRESETS: dict[str, dict] = {
@@ -283,16 +285,15 @@ def _convnext3d(size: str = "tiny", **kwargs) -> ConvNeXtEncoder:
     return ConvNeXtEncoder(**{**CONVNEXT_PRESETS[size], **kwargs})
 
 # %% ../nbs/02_encoders.ipynb #740325b9
-def _convnext_layer_id(self, name: str, # a parameter name relative to the encoder, e.g. "stages.2.1.dwconv.weight"
-                      ) -> int:
+@patch
+def layer_id(self: ConvNeXtEncoder, name: str, # a parameter name relative to the encoder, e.g. "stages.2.1.dwconv.weight"
+              ) -> int:
     "ProFound's layer id of parameter `name` for layer-wise LR decay (0 < id <= num_layers + 1)."
     parts = name.split(".")
     if parts[0] in ("downsample_layers", "stages"):
         i = int(parts[1])
         return sum(self.depths[:i]) + (int(parts[2]) if parts[0] == "stages" else 0) + 1
     return self.num_layers + 1
-
-ConvNeXtEncoder.layer_id = _convnext_layer_id
 
 # %% ../nbs/02_encoders.ipynb #3212a66b
 SAFE_GLOBALS = [argparse.Namespace]  # the only non-tensor type real checkpoints carry (ProFound's `args`)
@@ -730,7 +731,7 @@ def _check_input_2d(enc, x: torch.Tensor):
     if x.ndim != 4 or tuple(x.shape[1:]) != want:
         raise ConfigError(f"encoder expects input (B, {', '.join(map(str, want))}), got {tuple(x.shape)}")
 
-class TimmViTEncoder(nn.Module):
+class TimmViTEncoder(TokenEncoder):
     "A timm 2-D ViT (pretrained=False) with the common encoder surface."
     def __init__(self,
                  model_name: str, # a timm ViT, e.g. "vit_tiny_patch16_224", "vit_small_patch14_reg4_dinov2"
@@ -779,9 +780,6 @@ class TimmViTEncoder(nn.Module):
         "timm's own forward: class logits (or pooled features when num_classes=0)."
         _check_input_2d(self, x)
         return self.vit(x)
-
-TimmViTEncoder.forward_head = _forward_head
-TimmViTEncoder.forward = lambda self, x: self.forward_features(x)
 
 # %% ../nbs/02_encoders.ipynb #3c0aec8d
 TEACHER_PRESETS: dict[str, tuple[str, dict]] = {
@@ -880,7 +878,7 @@ PROVICNET_PRESETS: dict[str, dict] = {
 }
 FUSIONS = {"mean", "concat"}
 
-class ProViCNetEncoder(nn.Module):
+class ProViCNetEncoder(TokenEncoder):
     "ProViCNet-style 2.5-D encoder: per-sequence slice ViTs whose patch tokens form a (D, h, w) grid."
     def __init__(self,
                  in_channels: int = 3, # MR sequences, one per channel
@@ -938,7 +936,8 @@ def slice_positions(D: int, # slices in the volume
     j, n = (torch.arange(1, D + 1), D + 2) if D < 6 else (torch.arange(D), D)  # padded volumes count the padding
     return torch.stack([j, torch.full((D,), n)], 1).to(dtype=dtype, device=device)
 
-def _provicnet_forward_features(self, x: torch.Tensor):
+@patch
+def forward_features(self: ProViCNetEncoder, x: torch.Tensor):
     "Patch tokens (B, D·h·w, d') on the (D, h, w) grid and the per-block hidden states."
     _check_input(self, x)
     B, D = x.shape[0], x.shape[2]
@@ -951,7 +950,3 @@ def _provicnet_forward_features(self, x: torch.Tensor):
     self.last_cls = fuse([o[1] for o in outs]).reshape(B, D, -1).mean(1)
     hidden = [grid(fuse([o[2][i] for o in outs])) for i in range(self.num_layers)]
     return tokens, hidden
-
-ProViCNetEncoder.forward_features = _provicnet_forward_features
-ProViCNetEncoder.forward_head = _forward_head
-ProViCNetEncoder.forward = lambda self, x: self.forward_features(x)
