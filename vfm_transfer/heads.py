@@ -18,7 +18,8 @@ from .core import ConfigError, check_choice
 
 # %% auto #0
 __all__ = ['RESIDUAL_FROM', 'HEAD_KINDS', 'is_hierarchical', 'encoder_geometry', 'ClassificationHead', 'upsample_strides',
-           'UNETRDecoder', 'StageUNetDecoder', 'task_decoder', 'SegmentationHead', 'RestorationHead', 'build_head']
+           'UNETRDecoder', 'StageUNetDecoder', 'task_decoder', 'SegmentationHead', 'RestorationHead', 'ResidualNet',
+           'build_head']
 
 # %% ../nbs/04_heads.ipynb #160e852f
 _GEOMETRY = ("spatial_dims", "in_channels", "img_size", "patch_size", "grid_size", "embed_dim", "num_layers")
@@ -272,6 +273,34 @@ class RestorationHead(nn.Module):
         residual = self.decoder(x_input, tokens, hidden_states)
         if self.residual_from is None: return residual
         return x_input[:, list(self.residual_from)] + residual
+
+# %% ../nbs/04_heads.ipynb #5e1d0a71
+class ResidualNet(nn.Module):
+    "A complete dense network with the restoration heads' shortcut: `x[:, residual_from] + out(net(x))`."
+    def __init__(self,
+                 net: nn.Module, # maps (B, in_channels, *spatial) -> (B, net_channels, *spatial), e.g. a MONAI UNet
+                 spatial_dims: int,
+                 in_channels: int,
+                 out_channels: int, # restored channels
+                 net_channels: int, # channels `net` outputs (the 1x1 output conv's input)
+                 residual_from: Sequence[int] | None = None, # input channels forming the base image; None: zeros
+                 residual_init_scale: float = 0.01, # scales the output conv's initial weights, as `RestorationHead`
+                ):
+        super().__init__()
+        if residual_from is not None:
+            residual_from = tuple(int(c) for c in residual_from)
+            if len(residual_from) != out_channels or any(not 0 <= c < in_channels for c in residual_from):
+                raise ConfigError(f"residual_from {residual_from} must give one input channel in [0, {in_channels}) "
+                                  f"per output channel ({out_channels})")
+        self.net, self.residual_from = net, residual_from
+        self.out = UnetOutBlock(spatial_dims, net_channels, out_channels)
+        with torch.no_grad():
+            for p in self.out.parameters(): p.mul_(residual_init_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = self.out(self.net(x))
+        return residual if self.residual_from is None else x[:, list(self.residual_from)] + residual
+
 
 # %% ../nbs/04_heads.ipynb #34d8b1df
 HEAD_KINDS = {"classification": ClassificationHead, "segmentation": SegmentationHead, "restoration": RestorationHead}
