@@ -25,7 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms.v2 import functional as TF
 
 from .core import (CheckpointError, ConfigError, DataError, Profile, atomic_torch_save, atomic_write_json,
-                               cache_dir, check_choice, config_hash, load_profile, progress, run_key, set_seed)
+                               cache_dir, check_choice, claim, config_hash, load_profile, progress, result_fields, run_key,
+                               set_seed)
 from .data import dataset_key, make_kd_datasets
 from .encoders import (build_teacher_2d, dinov2_config_from_state_dict, load_pretrained, safe_load,
                                    teacher_conflict)
@@ -38,7 +39,8 @@ __all__ = ['TASKS_2D', 'STUDENTS', 'TEACHER_ARCH', 'OUTPUTS', 'FEATURE_LOSSES', 
            'teacher_from_backbone', 'build_teacher', 'InputNorm', 'kd_loss', 'view_params', 'make_view', 'state_sha',
            'TeacherCache', 'train_supervised', 'evaluate_2d', 'finetune_teacher', 'finetune_student', 'distill_task',
            'feature_loss', 'ProjectedFeatures', 'distill_features', 'count_flops', 'stage_flops', 'kd_datasets',
-           'pool_stats', 'teacher_checkpoints', 'dinov2_teacher', 'pretrained_teacher', 'labeled_epochs', 'run_kd']
+           'pool_stats', 'teacher_checkpoints', 'dinov2_teacher', 'pretrained_teacher', 'labeled_epochs',
+           'kd_run_config', 'kd_run_dir', 'run_kd']
 
 # %% ../nbs/07_distill.ipynb #a1ccd662
 TASKS_2D = {"classification", "segmentation"}
@@ -295,7 +297,9 @@ class TeacherCache:
         self.path = cache_dir(self.key, kind="teacher_cache", root=root)
         self.build_seconds = 0.0
         if not (self.path / "meta.json").exists():
-            self._build(teacher, transfer_ds, batch_size, resolve_device(device), max_view_bytes, _fail_after)
+            with claim(self.path):  # one process builds it; the others wait here, then open what it built
+                if not (self.path / "meta.json").exists():
+                    self._build(teacher, transfer_ds, batch_size, resolve_device(device), max_view_bytes, _fail_after)
         self._open()
 
     def __repr__(self):
@@ -822,24 +826,25 @@ def pretrained_teacher(profile: str | Mapping = "tiny", # a profile name, a mapp
     ds = data["generic"] if pool == "generic" else ConcatDataset([data["generic"], data["gallery"]])
     info = {"source": f"supervised on the {pool} pool", "n_pretrain": len(ds), "epochs": epochs, "lr": lr}
     wanted = d / ("backbone.pt" if at_epoch in (None, epochs) else f"backbone_epoch{at_epoch}.pt")
-    cached = (d / "backbone.pt").exists()
-    if cached:
-        enc = InputNorm(vit, torch.zeros(vit.in_channels), torch.ones(vit.in_channels))  # statistics load with the weights
-        info.update(json.loads((d / "info.json").read_text()) if (d / "info.json").exists() else {})
-    else:
-        mean, std = pool_stats(ds)
-        enc = InputNorm(vit, mean, std)
-        model = teacher_from_backbone(enc, data["n_classes"], name=p.teacher)
-        def keep_checkpoint(epoch):  # intermediate checkpoints of this one run, written before its epoch's checkpoint
-            if epoch in keep and epoch != epochs:
-                atomic_torch_save({k: v.detach().cpu().clone() for k, v in enc.state_dict().items()}, d / f"backbone_epoch{epoch}.pt")
-        t0 = time.perf_counter()
-        h = train_supervised(model, ds, epochs=epochs, lr=lr, seed=seed, device=device, on_epoch=keep_checkpoint,
-                             ckpt_dir=d / "train", desc="teacher pretraining", **TEACHER_RECIPE)
-        info.update(pretrain_seconds=time.perf_counter() - t0, pretrain_loss=h["loss"], resumed_from=h["resumed_from"],
-                    target_val_accuracy=evaluate_2d(model, data["val"], device=device)["accuracy"])
-        atomic_write_json(d / "info.json", {k: v for k, v in info.items() if k != "source"})
-        atomic_torch_save(enc.cpu().state_dict(), d / "backbone.pt")  # written last: it marks the cache complete
+    with claim(d):  # one process pretrains this teacher; the others wait here and load it
+        cached = (d / "backbone.pt").exists()
+        if cached:
+            enc = InputNorm(vit, torch.zeros(vit.in_channels), torch.ones(vit.in_channels))  # statistics load with the weights
+            info.update(json.loads((d / "info.json").read_text()) if (d / "info.json").exists() else {})
+        else:
+            mean, std = pool_stats(ds)
+            enc = InputNorm(vit, mean, std)
+            model = teacher_from_backbone(enc, data["n_classes"], name=p.teacher)
+            def keep_checkpoint(epoch):  # intermediate checkpoints of this one run, written before its epoch's checkpoint
+                if epoch in keep and epoch != epochs:
+                    atomic_torch_save({k: v.detach().cpu().clone() for k, v in enc.state_dict().items()}, d / f"backbone_epoch{epoch}.pt")
+            t0 = time.perf_counter()
+            h = train_supervised(model, ds, epochs=epochs, lr=lr, seed=seed, device=device, on_epoch=keep_checkpoint,
+                                 ckpt_dir=d / "train", desc="teacher pretraining", **TEACHER_RECIPE)
+            info.update(pretrain_seconds=time.perf_counter() - t0, pretrain_loss=h["loss"], resumed_from=h["resumed_from"],
+                        target_val_accuracy=evaluate_2d(model, data["val"], device=device)["accuracy"])
+            atomic_write_json(d / "info.json", {k: v for k, v in info.items() if k != "source"})
+            atomic_torch_save(enc.cpu().state_dict(), d / "backbone.pt")  # written last: it marks the cache complete
     if cached or wanted.name != "backbone.pt": _load_into(enc, wanted)  # a fresh run already holds the final weights
     if at_epoch is not None: info.update(epochs=at_epoch, source=f"{info['source']}, epoch {at_epoch} of {epochs}")
     return enc, info
@@ -865,6 +870,31 @@ def _transfer_set(transfer, data: dict, labeled: Dataset, profile: Profile, seed
                             device=device, root=root)
     return ds, "retrieved"
 
+def kd_run_config(approach: str = "task", transfer: str | Dataset = "in_domain", labels_per_class: int = 5,
+                  student: str = "student_tiny", profile: str | Mapping = "tiny", seed: int = 0,
+                  task: str = "classification", feature_loss: str = "cosine", n_neighbors: int | None = None,
+                  batch_size: int = 64, pretrain_pool: str | None = None, teacher_epoch: int | None = None,
+                 ) -> tuple[Profile, dict]:
+    "(the profile, the config that names the run's folder) of `run_kd`'s arguments, checked; the arguments are `run_kd`'s."
+    check_choice(approach, APPROACHES, "approach"); check_choice(task, TASKS_2D, "task")
+    if pretrain_pool is not None: check_choice(pretrain_pool, PRETRAIN_POOLS, "pretrain_pool")
+    p = load_profile(profile)
+    check_choice(labels_per_class, set(p.labels_per_class), "labels_per_class")
+    if isinstance(transfer, str): check_choice(transfer, TRANSFERS, "transfer")
+    elif approach != "scratch": _check_transfer(transfer, "transfer")
+    transfer_id = None if approach == "scratch" else transfer if isinstance(transfer, str) else dataset_key(transfer)
+    run_cfg = dict(stage="kd", approach=approach, transfer=transfer_id, k=labels_per_class, student=student,
+                   profile=run_key(p, seed), task=task, feature_loss=feature_loss if approach == "feature" else None,
+                   n_neighbors=n_neighbors, batch_size=batch_size, pretrain_pool=pretrain_pool, teacher_epoch=teacher_epoch)
+    return p, run_cfg
+
+def kd_run_dir(root: str | Path | None = None, # cache root
+               **kwargs, # `run_kd`'s arguments (approach, transfer, labels_per_class, student, profile, seed, ...)
+              ) -> Path:
+    "The folder of a `run_kd` run (its `result.json` marks it complete), without running it."
+    kwargs.pop("device", None)  # where it runs does not name the run
+    return cache_dir(kd_run_config(**kwargs)[1], kind="kd_runs", root=root)
+
 def run_kd(approach: str = "task", # "scratch", "feature" or "task"
            transfer: str | Dataset = "in_domain", # "generic", "in_domain", "retrieved" or a dataset
            labels_per_class: int = 5, # one of profile.labels_per_class
@@ -881,81 +911,76 @@ def run_kd(approach: str = "task", # "scratch", "feature" or "task"
            teacher_epoch: int | None = None, # use this intermediate checkpoint of the teacher's pretraining run
           ) -> dict:
     "One KD experiment: teacher, transfer set, distillation, student fine-tuning; test metric, FLOPs and seconds."
-    check_choice(approach, APPROACHES, "approach"); check_choice(task, TASKS_2D, "task")
-    if pretrain_pool is not None: check_choice(pretrain_pool, PRETRAIN_POOLS, "pretrain_pool")
-    p = load_profile(profile)
-    check_choice(labels_per_class, set(p.labels_per_class), "labels_per_class")
-    if isinstance(transfer, str): check_choice(transfer, TRANSFERS, "transfer")
-    elif approach != "scratch": _check_transfer(transfer, "transfer")
+    p, run_cfg = kd_run_config(approach, transfer, labels_per_class, student, profile, seed, task, feature_loss,
+                               n_neighbors, batch_size, pretrain_pool, teacher_epoch)
     # the run's folder: a complete run is loaded, an interrupted one resumes its stage (b) or (c) checkpoint
-    transfer_id = None if approach == "scratch" else transfer if isinstance(transfer, str) else dataset_key(transfer)
-    run_cfg = dict(stage="kd", approach=approach, transfer=transfer_id, k=labels_per_class, student=student,
-                   profile=run_key(p, seed), task=task, feature_loss=feature_loss if approach == "feature" else None,
-                   n_neighbors=n_neighbors, batch_size=batch_size, pretrain_pool=pretrain_pool, teacher_epoch=teacher_epoch)
     run_dir = cache_dir(run_cfg, kind="kd_runs", root=root)
     if (run_dir / "result.json").exists(): return json.loads((run_dir / "result.json").read_text())
-    seg, t_start, secs = task == "segmentation", time.perf_counter(), {}
-    data = kd_datasets(p, seed, seg)
-    labeled, C = data["labeled"][labels_per_class], data["n_classes"] + (1 if seg else 0)
-    ft_epochs = labeled_epochs(p, len(labeled), min(batch_size, 32))
-    t0 = time.perf_counter()
-    vit, pre = pretrained_teacher(p, seed, device, root, pool=pretrain_pool, at_epoch=teacher_epoch)
-    secs["teacher_pretrain"] = time.perf_counter() - t0
-    set_seed(seed)  # the student's and the heads' initial weights
-    s = build_student(student, C, p.img2d_size, seg)
-    size = (1, 3, p.img2d_size, p.img2d_size)
-    tf, sf = count_flops(teacher_from_backbone(vit, C, seg), size), count_flops(s, size)
-    res = dict(approach=approach, task=task, labels_per_class=labels_per_class, student=student, seed=seed,
-               profile=p.get("name"), n_labeled=len(labeled), transfer=None, n_transfer=0)
-    common = dict(seed=seed, device=device, batch_size=batch_size)
-    n_transfer, teacher_epochs, kd_hist = 0, 0, None
-    if approach != "scratch":
-        ds, res["transfer"] = _transfer_set(transfer, data, labeled, p, seed, vit, n_neighbors, device, root)
-        n_transfer = _check_transfer(ds)
+    with claim(run_dir):  # one process runs it; another waits here, then loads its result
+        if (run_dir / "result.json").exists(): return json.loads((run_dir / "result.json").read_text())
+        seg, t_start, secs = task == "segmentation", time.perf_counter(), {}
+        data = kd_datasets(p, seed, seg)
+        labeled, C = data["labeled"][labels_per_class], data["n_classes"] + (1 if seg else 0)
+        ft_epochs = labeled_epochs(p, len(labeled), min(batch_size, 32))
         t0 = time.perf_counter()
-        if approach == "task":
-            teacher = teacher_from_backbone(vit, C, seg, name=p.teacher)
-            cfg = dict(stage="finetune", pre=pre.get("source"), backbone=state_sha(vit), teacher=p.teacher, task=task,
-                       k=labels_per_class, seed=seed, profile=dict(p), recipe=STAGE_A_RECIPE, epochs=ft_epochs)
-            d = cache_dir(cfg, kind="teacher", root=root)
-            if (d / "teacher.pt").exists(): _load_into(teacher, d / "teacher.pt")
+        vit, pre = pretrained_teacher(p, seed, device, root, pool=pretrain_pool, at_epoch=teacher_epoch)
+        secs["teacher_pretrain"] = time.perf_counter() - t0
+        set_seed(seed)  # the student's and the heads' initial weights
+        s = build_student(student, C, p.img2d_size, seg)
+        size = (1, 3, p.img2d_size, p.img2d_size)
+        tf, sf = count_flops(teacher_from_backbone(vit, C, seg), size), count_flops(s, size)
+        res = dict(approach=approach, task=task, labels_per_class=labels_per_class, student=student, seed=seed,
+                   profile=p.get("name"), n_labeled=len(labeled), transfer=None, n_transfer=0)
+        common = dict(seed=seed, device=device, batch_size=batch_size)
+        n_transfer, teacher_epochs, kd_hist = 0, 0, None
+        if approach != "scratch":
+            ds, res["transfer"] = _transfer_set(transfer, data, labeled, p, seed, vit, n_neighbors, device, root)
+            n_transfer = _check_transfer(ds)
+            t0 = time.perf_counter()
+            if approach == "task":
+                teacher = teacher_from_backbone(vit, C, seg, name=p.teacher)
+                cfg = dict(stage="finetune", pre=pre.get("source"), backbone=state_sha(vit), teacher=p.teacher, task=task,
+                           k=labels_per_class, seed=seed, profile=result_fields(p), recipe=STAGE_A_RECIPE, epochs=ft_epochs)
+                d = cache_dir(cfg, kind="teacher", root=root)
+                with claim(d):  # one process fine-tunes this teacher; the others wait here and load it
+                    if (d / "teacher.pt").exists(): _load_into(teacher, d / "teacher.pt")
+                    else:
+                        finetune_teacher(teacher, labeled, task, epochs=ft_epochs, lr=p.lr, seed=seed, device=device,
+                                         batch_size=min(batch_size, 32), probe_epochs=ft_epochs, ckpt_dir=d / "train",
+                                         **STAGE_A_RECIPE)
+                        atomic_torch_save(teacher.cpu().state_dict(), d / "teacher.pt")
+                teacher_epochs = ft_epochs
+                res["teacher_test"] = evaluate_2d(teacher, data["test"], device=device)
+                secs["teacher_finetune"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                cache = TeacherCache(teacher, ds, n_views=p.n_views, aug_seed=seed, root=root, device=device)
+                secs["teacher_cache"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                kd_hist = distill_task(teacher, s, ds, task, temperature=p.kd_temperature, epochs=p.kd_epochs, lr=p.lr,
+                                       cache=cache, ckpt_dir=run_dir / "distill", **common)
             else:
-                finetune_teacher(teacher, labeled, task, epochs=ft_epochs, lr=p.lr, seed=seed, device=device,
-                                 batch_size=min(batch_size, 32), probe_epochs=ft_epochs, ckpt_dir=d / "train",
-                                 **STAGE_A_RECIPE)
-                atomic_torch_save(teacher.cpu().state_dict(), d / "teacher.pt")
-            teacher_epochs = ft_epochs
-            res["teacher_test"] = evaluate_2d(teacher, data["test"], device=device)
-            secs["teacher_finetune"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            cache = TeacherCache(teacher, ds, n_views=p.n_views, aug_seed=seed, root=root, device=device)
-            secs["teacher_cache"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            kd_hist = distill_task(teacher, s, ds, task, temperature=p.kd_temperature, epochs=p.kd_epochs, lr=p.lr,
-                                   cache=cache, ckpt_dir=run_dir / "distill", **common)
-        else:
-            teacher = teacher_from_backbone(vit, C, seg, name=p.teacher)
-            cache = TeacherCache(teacher, ds, n_views=p.n_views, aug_seed=seed, root=root, device=device,
-                                 output="features")
-            kd_hist = distill_features(teacher, s, ds, loss=feature_loss, epochs=p.kd_epochs, lr=p.lr, cache=cache,
-                                       ckpt_dir=run_dir / "distill", **common)
-        secs["distill"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ft = finetune_student(s, labeled, task, epochs=ft_epochs, lr=p.lr, seed=seed, device=device,
-                          batch_size=min(batch_size, 32), ckpt_dir=run_dir / "finetune")
-    secs["student_finetune"] = time.perf_counter() - t0
-    res.update(evaluate_2d(s, data["test"], device=device))
-    res["metric"] = res["miou" if seg else "accuracy"]
-    res["n_transfer"] = n_transfer
-    # FLOPs of the epochs that ran: stage (a) is a probe and a fine-tune of `teacher_epochs` each, stage (c) `ft_epochs`
-    res["flops"] = stage_flops(tf, sf, n_transfer=n_transfer, n_views=p.n_views, kd_epochs=p.kd_epochs,
-                               n_labeled=len(labeled), teacher_epochs=teacher_epochs, teacher_probe_epochs=teacher_epochs,
-                               student_epochs=ft_epochs, n_pretrain=pre["n_pretrain"],
-                               pretrain_epochs=pre["epochs"], distill_teacher=approach != "scratch")
-    res["flops_per_image"] = {"teacher": tf, "student": sf}
-    res["kd_loss"] = kd_hist["loss"] if kd_hist else []
-    res["finetune_loss"] = ft["loss"]
-    secs["total"] = time.perf_counter() - t_start
-    res["seconds"] = secs
-    atomic_write_json(run_dir / "result.json", res)
-    return res
+                teacher = teacher_from_backbone(vit, C, seg, name=p.teacher)
+                cache = TeacherCache(teacher, ds, n_views=p.n_views, aug_seed=seed, root=root, device=device,
+                                     output="features")
+                kd_hist = distill_features(teacher, s, ds, loss=feature_loss, epochs=p.kd_epochs, lr=p.lr, cache=cache,
+                                           ckpt_dir=run_dir / "distill", **common)
+            secs["distill"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ft = finetune_student(s, labeled, task, epochs=ft_epochs, lr=p.lr, seed=seed, device=device,
+                              batch_size=min(batch_size, 32), ckpt_dir=run_dir / "finetune")
+        secs["student_finetune"] = time.perf_counter() - t0
+        res.update(evaluate_2d(s, data["test"], device=device))
+        res["metric"] = res["miou" if seg else "accuracy"]
+        res["n_transfer"] = n_transfer
+        # FLOPs of the epochs that ran: stage (a) is a probe and a fine-tune of `teacher_epochs` each, stage (c) `ft_epochs`
+        res["flops"] = stage_flops(tf, sf, n_transfer=n_transfer, n_views=p.n_views, kd_epochs=p.kd_epochs,
+                                   n_labeled=len(labeled), teacher_epochs=teacher_epochs, teacher_probe_epochs=teacher_epochs,
+                                   student_epochs=ft_epochs, n_pretrain=pre["n_pretrain"],
+                                   pretrain_epochs=pre["epochs"], distill_teacher=approach != "scratch")
+        res["flops_per_image"] = {"teacher": tf, "student": sf}
+        res["kd_loss"] = kd_hist["loss"] if kd_hist else []
+        res["finetune_loss"] = ft["loss"]
+        secs["total"] = time.perf_counter() - t_start
+        res["seconds"] = secs
+        atomic_write_json(run_dir / "result.json", res)
+        return res
