@@ -5,6 +5,7 @@
 # %% ../nbs/05_finetune.ipynb #d2d7040a
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from pathlib import Path
@@ -20,18 +21,20 @@ from monai.networks.nets import DenseNet, UNet
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .core import (CheckpointError, ConfigError, Profile, atomic_torch_save, atomic_write_json,
-                               cache_dir, check_choice, load_profile, set_seed, sha256_file)
+from .core import (CheckpointError, ConfigError, DataError, Profile, atomic_torch_save, atomic_write_json,
+                               cache_dir, check_choice, claim, load_profile, result_fields, set_seed, sha256_file)
 from .data import TASK_SPECS, make_task_dataset
 from .encoders import build_encoder, encoder_config, extract_features, load_pretrained
-from .heads import build_head
+from .heads import RESIDUAL_FROM, ResidualNet, build_head
+from . import stats
 from .pretrain import init_encoder_config, pretrained_encoder
 from .train import (History, Recipe, amp_dtype, dist_info, fit, gather_objects, higher_is_better,
                                 load_checkpoint, param_groups, resolve_device)
 
 # %% auto #0
-__all__ = ['MODES', 'RESTORATION_LOSSES', 'INITS', 'RUN_OPTIONS', 'SCRATCH_INITS', 'task_spec', 'TaskModel', 'task_loss',
-           'sample_metrics', 'reduce_metrics', 'finetune', 'evaluate', 'build_specialised', 'run_finetune',
+__all__ = ['MODES', 'RESTORATION_LOSSES', 'INITS', 'CONTROL_INITS', 'SYNTHETIC_MAIN_METRIC', 'RUN_OPTIONS', 'SCRATCH_INITS',
+           'task_spec', 'TaskModel', 'task_loss', 'sample_metrics', 'reduce_metrics', 'case_values', 'finetune',
+           'evaluate', 'build_specialised', 'identity_baseline', 'load_test_cases', 'task_main_metric', 'run_finetune',
            'transfer_inits', 'scratch_reference', 'gain', 'gain_table']
 
 # %% ../nbs/05_finetune.ipynb #68fd52f2
@@ -51,12 +54,17 @@ class TaskModel(nn.Module):
                  encoder: nn.Module, # has `forward_features(x) -> (tokens, hidden_states)`; or a full model
                  head: nn.Module | None = None, # `head(x, tokens, hidden_states) -> output`
                  frozen_encoder: bool = False, # keep the encoder in eval mode and out of autograd
+                 zero_tokens: bool = False, # control: the head gets zeros of the encoder outputs' shapes, only the raw input
                 ):
         super().__init__()
-        self.encoder, self.head, self.frozen_encoder = encoder, head, frozen_encoder
+        if zero_tokens and head is None: raise ConfigError("zero_tokens=True needs a head (it zeroes what the encoder gives the head)")
+        self.encoder, self.head, self.frozen_encoder, self.zero_tokens = encoder, head, frozen_encoder, zero_tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.head is None: return self.encoder(x)
+        if self.zero_tokens:  # the encoder runs only for its output shapes; nothing of it reaches the head
+            with torch.no_grad(): tokens, hidden = self.encoder.forward_features(x)
+            return self.head(x, torch.zeros_like(tokens), [torch.zeros_like(h) for h in hidden])
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_encoder):
             tokens, hidden = self.encoder.forward_features(x)
         return self.head(x, tokens, hidden)
@@ -131,6 +139,18 @@ def reduce_metrics(task: str, # one of data.TASKS
         res = {k: samples[k].double().mean().item() for k in ("psnr", "ssim")}
     return {k: res[k] for k in spec["metrics"]}
 
+def case_values(task: str, # one of data.TASKS
+                samples: dict[str, torch.Tensor], # per-sample quantities (`sample_metrics`, concatenated)
+               ) -> dict[str, list]:
+    "Per-case test values as plain lists: label and P(class 1) (classification), per-class Dice, or PSNR and SSIM."
+    spec = task_spec(task)
+    if spec["kind"] == "classification":
+        return {"label": samples["label"].tolist(), "prob": samples["prob"][:, -1].double().tolist()}
+    if spec["kind"] == "segmentation":
+        per_class = {n: samples[n].double() for n in spec["metrics"] if n != "dice"}
+        return {"dice": torch.stack(list(per_class.values())).mean(0).tolist(), **{k: v.tolist() for k, v in per_class.items()}}
+    return {k: samples[k].double().tolist() for k in ("psnr", "ssim")}
+
 def _cat(parts: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
@@ -194,7 +214,7 @@ def _reinit_encoder(encoder: nn.Module, seed: int):
 # %% ../nbs/05_finetune.ipynb #0f8d0b42
 @torch.no_grad()
 def _predict(model: nn.Module, task: str, ds: Dataset, batch_size: int, device: torch.device, amp: bool,
-             world: int = 1, rank: int = 0) -> dict[str, float]:
+             world: int = 1, rank: int = 0, return_samples: bool = False):
     "Metrics of `model` on `ds`; under DDP each rank predicts its shard and per-sample results are gathered."
     was_training = model.training
     model.eval()
@@ -207,7 +227,8 @@ def _predict(model: nn.Module, task: str, ds: Dataset, batch_size: int, device: 
         parts.append(sample_metrics(task, out, y))
     model.train(was_training)
     parts = [p for rank_parts in gather_objects(parts, world) for p in rank_parts]
-    return reduce_metrics(task, _cat(parts))
+    samples = _cat(parts)
+    return (reduce_metrics(task, samples), samples) if return_samples else reduce_metrics(task, samples)
 
 # %% ../nbs/05_finetune.ipynb #d387fec4
 def finetune(encoder: nn.Module, # has `forward_features`; or a complete model when `head` is None
@@ -232,18 +253,21 @@ def finetune(encoder: nn.Module, # has `forward_features`; or a complete model w
              num_workers: int = 0, # DataLoader workers
              verbose: bool = True, # show a progress bar
              evaluate_initial: bool = False, # also score the untrained model (an epoch-0 row)
+             main_metric: str | None = None, # the metric History reads (one of the task's); None: the task's default
+             zero_tokens: bool = False, # control: the head gets zeroed encoder outputs (`TaskModel`)
             ) -> History:
     "Fine-tune `encoder` + `head` on `task`; validate every epoch; checkpoint and resume; DDP under torchrun."
     world, rank, local_rank = dist_info()
     spec = _check_args(task, mode, epochs, lr, batch_size, layer_decay, warmup_epochs, grad_clip, loss,
                        train_ds, val_ds, world)
     dev = resolve_device(device, local_rank, world)
+    if main_metric is not None: check_choice(main_metric, spec["metrics"], "main_metric")
     if mode == "frozen" and head is None: raise ConfigError("mode='frozen' needs a head to train")
     if mode == "scratch":
         if head is None: raise ConfigError("mode='scratch' needs an encoder and a head; a complete model is trained from its own init with mode='full'")
         _reinit_encoder(encoder, seed)
     set_seed(seed)
-    model = TaskModel(encoder, head, frozen_encoder=mode == "frozen").to(dev)
+    model = TaskModel(encoder, head, frozen_encoder=mode == "frozen", zero_tokens=zero_tokens).to(dev)
     _check_fit(model, task, spec, val_ds, dev)
     requires_grad = {n: p.requires_grad for n, p in encoder.named_parameters()}
     if mode == "frozen": encoder.requires_grad_(False)
@@ -253,11 +277,12 @@ def finetune(encoder: nn.Module, # has `forward_features`; or a complete model w
         return loss_fn(net(x.to(dev)).float(), y.to(dev))
     recipe = Recipe(model, step, train_ds, batch_size=batch_size, collate=_collate, num_workers=num_workers,
                     evaluate=lambda m: _predict(m, task, val_ds, batch_size, dev, amp, world, rank))
-    meta = dict(task=task, mode=mode, main_metric=spec["main_metric"], higher_is_better=spec["higher_is_better"])
+    meta = dict(task=task, mode=mode, main_metric=main_metric or spec["main_metric"], higher_is_better=spec["higher_is_better"],
+                **({"zero_tokens": True} if zero_tokens else {}))
     try:
         return fit(recipe, epochs, lr, weight_decay=weight_decay, layer_decay=layer_decay, warmup_epochs=warmup_epochs,
                    grad_clip=grad_clip, amp=amp, seed=seed, device=dev, ckpt_dir=ckpt_dir, resume=resume,
-                   config=dict(task=task, mode=mode, loss=loss), meta=meta, desc=f"{task} {mode}", verbose=verbose,
+                   config=dict(task=task, mode=mode, loss=loss, **({"zero_tokens": True} if zero_tokens else {})), meta=meta, desc=f"{task} {mode}", verbose=verbose,
                    evaluate_initial=evaluate_initial)
     finally:
         for n, p in encoder.named_parameters(): p.requires_grad_(requires_grad[n])  # undo the freeze
@@ -270,30 +295,74 @@ def evaluate(encoder: nn.Module, # an encoder, or a complete model when `head` i
              batch_size: int = 4,
              device: str = "auto",
              amp: bool = False,
-            ) -> dict[str, float]:
-    "The task's metrics of `encoder` + `head` (or of a complete model) on `test_ds`."
+             per_case: bool = False, # also return the per-case values (`case_values`)
+             zero_tokens: bool = False, # the control model (`TaskModel`)
+            ):
+    "The task's metrics of `encoder` + `head` (or of a complete model) on `test_ds`; with `per_case`, (metrics, cases)."
     task_spec(task)
     if test_ds is None or len(test_ds) == 0: raise ConfigError("test_ds is empty: nothing to evaluate")
     world, rank, local_rank = dist_info()
     dev = resolve_device(device, local_rank, world)
-    model = TaskModel(encoder, head).to(dev)
-    return _predict(model, task, test_ds, batch_size, dev, amp, world if dist.is_initialized() else 1, rank)
+    model = TaskModel(encoder, head, zero_tokens=zero_tokens).to(dev)
+    out = _predict(model, task, test_ds, batch_size, dev, amp, world if dist.is_initialized() else 1, rank, return_samples=per_case)
+    return (out[0], case_values(task, out[1])) if per_case else out
 
 # %% ../nbs/05_finetune.ipynb #e3a21b11
 def build_specialised(task: str, # one of data.TASKS
                       in_channels: int = 3,
                       channels: Sequence[int] = (16, 32, 64), # UNet channels per level
+                      residual: bool = True, # restoration: the ViT heads' identity shortcut (`heads.ResidualNet`)
                      ) -> nn.Module:
-    "A small task-specific network from MONAI: DenseNet (classification) or UNet (segmentation, restoration)."
+    "A small task-specific network from MONAI: DenseNet (classification) or UNet (segmentation; restoration with the heads' shortcut)."
     spec = task_spec(task)
     if spec["kind"] == "classification":
         return DenseNet(spatial_dims=3, in_channels=in_channels, out_channels=spec["out_channels"], init_features=16,
                         growth_rate=8, block_config=(2, 2, 2), bn_size=2)
-    return UNet(spatial_dims=3, in_channels=in_channels, out_channels=spec["out_channels"], channels=tuple(channels),
-                strides=(2,) * (len(channels) - 1), num_res_units=1)
+    unet = lambda out: UNet(spatial_dims=3, in_channels=in_channels, out_channels=out, channels=tuple(channels),
+                            strides=(2,) * (len(channels) - 1), num_res_units=1)
+    if spec["kind"] == "segmentation" or not residual: return unet(spec["out_channels"])
+    # the UNet's features, then the same 1x1 output conv, init scale and base channels as `heads.RestorationHead`
+    return ResidualNet(unet(channels[0]), 3, in_channels, spec["out_channels"], channels[0], residual_from=RESIDUAL_FROM.get(task))
+
+# %% ../nbs/05_finetune.ipynb #c0a1b2d1
+def identity_baseline(task: str, # a restoration task
+                      test_ds: Dataset, # items {"input", "target", ...}
+                      train_ds: Dataset | None = None, # for the best constant (tasks without base channels)
+                     ) -> dict[str, list]:
+    "Per-case PSNR/SSIM of the no-learning prediction: the input's base channels, else the mean training target."
+    if task_spec(task)["kind"] != "restoration": raise ConfigError(f"identity_baseline is for restoration tasks, got {task!r}")
+    base = RESIDUAL_FROM.get(task)
+    if base is None:
+        if train_ds is None or len(train_ds) == 0:
+            raise ConfigError(f"task {task!r} has no base input channels: its baseline, the mean training target, needs train_ds")
+        const = float(np.mean([_collate([train_ds[i]])[1].double().mean().item() for i in range(len(train_ds))]))
+    parts = []
+    for x, y in DataLoader(test_ds, batch_size=8, shuffle=False, collate_fn=_collate):
+        pred = x[:, list(base)] if base is not None else torch.full(y.shape, const, dtype=torch.float32)
+        parts.append(sample_metrics(task, pred, y))
+    return case_values(task, _cat(parts))
+
+def load_test_cases(run_dir: str | Path, # a run folder of `run_finetune`
+                   ) -> dict:
+    "The run's per-case test values (`test_cases.json`): case_id, values and, for restoration, the identity baseline."
+    path = Path(run_dir) / "test_cases.json"
+    if not path.is_file(): raise DataError(f"{path} does not exist: the run is incomplete or predates per-case test values")
+    return json.loads(path.read_text())
+
 
 # %% ../nbs/05_finetune.ipynb #c7c7752d
-INITS = ("mae", "contrastive", "scratch", "specialised", "scratch_contrastive")
+INITS = ("mae", "contrastive", "scratch", "specialised", "scratch_contrastive", "zero_tokens")
+CONTROL_INITS = ("zero_tokens",)  # controls: a random-init encoder whose outputs the head never sees (`TaskModel(zero_tokens=True)`)
+# at the synthetic 32^3 grid lesions are 2-3.5 voxels across and every model's lesion Dice is ~0.001: averaged into
+# the main metric it only adds noise, so synthetic profiles read segmentation by the gland's Dice (lesion Dice stays reported)
+SYNTHETIC_MAIN_METRIC = {"segmentation": "dice_gland"}
+
+def task_main_metric(task: str, # one of data.TASKS
+                     profile: str | Mapping = "tiny", # a profile; synthetic unless it names a manifest
+                    ) -> str:
+    "The metric a task is read by under `profile`: the task's main metric, but gland Dice for synthetic segmentation."
+    spec, p = task_spec(task), load_profile(profile)
+    return spec["main_metric"] if p.get("manifest") else SYNTHETIC_MAIN_METRIC.get(task, spec["main_metric"])
 RUN_OPTIONS = ("mode", "grad_clip", "loss", "verbose")  # run_finetune's own options; all else is a profile field
 
 def _features(encoder: nn.Module, ds: Dataset, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -315,7 +384,8 @@ def _finetune_options(p: Profile, init: str, options: Mapping) -> dict:
     ft = dict(epochs=p.finetune_epochs, lr=p.lr, batch_size=p.batch_size, amp=p.amp, warmup_epochs=p.warmup_epochs,
               weight_decay=p.weight_decay, num_workers=p.num_workers,
               layer_decay=None if init == "specialised" else p.layer_decay,
-              mode="scratch" if init in SCRATCH_INITS else "full")
+              mode="scratch" if init in SCRATCH_INITS else "frozen" if init in CONTROL_INITS else "full")
+    if init == "zero_tokens": ft["zero_tokens"] = True
     return {**ft, **options}
 
 # %% ../nbs/05_finetune.ipynb #2a4df0ec
@@ -332,7 +402,7 @@ def _build_for_run(task: str, init: str, p: Profile, seed: int):
     random_enc = build_encoder(**init_encoder_config(_ARCH_OF.get(init, "random"), p))
     if init in ("mae", "contrastive"):
         enc = pretrained_encoder(init, profile=p, seed=seed)
-    elif init in SCRATCH_INITS:
+    elif init in SCRATCH_INITS or init in CONTROL_INITS:
         enc = random_enc  # mode "scratch": `finetune` re-initialises it with the same seed, so its features are these
     else:
         enc = build_encoder(**encoder_config(p))
@@ -341,6 +411,13 @@ def _build_for_run(task: str, init: str, p: Profile, seed: int):
     # the decoders' width is a profile setting: at full resolution they cost far more CPU time than the encoder
     kw = {} if task_spec(task)["kind"] == "classification" else {"feature_size": p.get("head_feature_size", 16)}
     return enc, build_head(task, enc, **kw), random_enc
+
+def _load_run(run_dir: Path) -> History:
+    "A complete run's History with its per-case test values in `meta['test_cases']`."
+    h = History.load(run_dir / "history.json")
+    c = load_test_cases(run_dir)
+    h.meta["test_cases"] = {k: c[k] for k in ("case_id", "values", "baseline")}
+    return h
 
 def run_finetune(task: str, # one of data.TASKS
                  init: str = "mae", # "mae" | "contrastive" | "scratch" | "specialised" | a checkpoint path
@@ -353,6 +430,8 @@ def run_finetune(task: str, # one of data.TASKS
     "Fine-tune the profile's encoder at `init` on `task`, score the test set, save history, checkpoint and features."
     spec = task_spec(task)
     init = str(init)
+    if init == "zero_tokens" and spec["kind"] == "classification":
+        raise ConfigError("init 'zero_tokens' is a control for dense tasks: a classification head would see only zeros")
     if init not in INITS and not Path(init).is_file():
         raise ConfigError(f"unknown init {init!r}; expected one of {list(INITS)} or an existing checkpoint file")
     p, options = _split_overrides(profile, overrides)
@@ -360,31 +439,43 @@ def run_finetune(task: str, # one of data.TASKS
     _check_options(task, **ft)
     init_key = init if init in INITS else {"path": str(Path(init).resolve()), "sha256": sha256_file(init)}
     # the key: the profile (every hyperparameter lives there once), the init, the seed and the run options
-    config = dict(task=task, init=init_key, profile=dict(p), seed=int(seed),
+    config = dict(task=task, init=init_key, profile=result_fields(p), seed=int(seed),
                   options={k: v for k, v in ft.items() if k in ("mode", "grad_clip", "loss")})
     run_dir = Path(run_dir) if run_dir is not None else cache_dir(config, "runs")
-    hist_path, test_path = run_dir / "history.json", run_dir / "test_metrics.json"
-    if test_path.exists() and hist_path.exists(): return History.load(hist_path)
+    hist_path, test_path, cases_path = run_dir / "history.json", run_dir / "test_metrics.json", run_dir / "test_cases.json"
+    if test_path.exists() and hist_path.exists() and cases_path.exists(): return _load_run(run_dir)
+    with claim(run_dir):  # one process trains this run; another waits here, then loads it
+        if test_path.exists() and hist_path.exists() and cases_path.exists(): return _load_run(run_dir)
 
-    world, rank, _ = dist_info()
-    splits = {s: make_task_dataset(task, split=s, profile=p, seed=seed) for s in ("train", "val", "test")}
-    enc, head, random_enc = _build_for_run(task, init, p, seed)
-    dev = resolve_device(device)
-    bs = ft["batch_size"]
-    feats = {}
-    if head is not None and rank == 0:
-        feats = dict(before=_features(enc, splits["test"], bs, dev), random=_features(random_enc, splits["test"], bs, dev))
-    history = finetune(enc, head, task, splits["train"], splits["val"], seed=seed, ckpt_dir=run_dir, device=device, **ft)
-    test = evaluate(enc, head, task, splits["test"], batch_size=bs, device=device, amp=ft["amp"])
-    history.meta.update(init=init, profile=p.get("name"), test=test)
-    if rank == 0:
-        history.save(hist_path); history.save(run_dir / "history.csv")
-        if head is not None:
-            atomic_torch_save(dict(task=task, init=init, seed=int(seed), before=feats["before"],
-                                   after=_features(enc, splits["test"], bs, dev), random=feats["random"]),
-                              run_dir / "features.pt")
-        atomic_write_json(test_path, test)
-    return history
+        world, rank, _ = dist_info()
+        splits = {s: make_task_dataset(task, split=s, profile=p, seed=seed) for s in ("train", "val", "test")}
+        enc, head, random_enc = _build_for_run(task, init, p, seed)
+        dev = resolve_device(device)
+        bs = ft["batch_size"]
+        feats = {}
+        has_features = head is not None and init not in CONTROL_INITS
+        if has_features and rank == 0:
+            feats = dict(before=_features(enc, splits["test"], bs, dev), random=_features(random_enc, splits["test"], bs, dev))
+        metric = task_main_metric(task, p)
+        history = finetune(enc, head, task, splits["train"], splits["val"], seed=seed, ckpt_dir=run_dir, device=device,
+                           evaluate_initial=True, main_metric=metric, **ft)
+        test, values = evaluate(enc, head, task, splits["test"], batch_size=bs, device=device, amp=ft["amp"], per_case=True,
+                                zero_tokens=ft.get("zero_tokens", False))
+        ids = [it["meta"]["case_id"] if isinstance(it, Mapping) and "meta" in it else str(i)
+               for i, it in ((i, splits["test"][i]) for i in range(len(splits["test"])))]
+        baseline = identity_baseline(task, splits["test"], splits["train"]) if spec["kind"] == "restoration" else None
+        history.meta.update(init=init, profile=p.get("name"), test=test)
+        if rank == 0:
+            history.save(hist_path); history.save(run_dir / "history.csv")
+            if has_features:
+                atomic_torch_save(dict(task=task, init=init, seed=int(seed), before=feats["before"],
+                                       after=_features(enc, splits["test"], bs, dev), random=feats["random"]),
+                                  run_dir / "features.pt")
+            atomic_write_json(cases_path, dict(task=task, init=init, seed=int(seed), main_metric=metric, case_id=ids,
+                                               values=values, baseline=baseline))
+            atomic_write_json(test_path, test)  # last: marks the run complete
+        history.meta["test_cases"] = dict(case_id=ids, values=values, baseline=baseline)
+        return history
 
 # %% ../nbs/05_finetune.ipynb #f30a8092
 def transfer_inits(profile: str | Mapping = "tiny", # a profile name or a `core.Profile`
@@ -415,7 +506,7 @@ def gain_table(histories: Mapping, # {(task, init): History} with the test metri
     rows = []
     for (task, init), h in histories.items():
         spec = task_spec(task)
-        metric, ref = spec["main_metric"], scratch_reference(init, inits)
+        metric, ref = h.meta.get("main_metric") or spec["main_metric"], scratch_reference(init, inits)
         value = h.meta["test"][metric]
         ref_value = histories[task, ref].meta["test"][metric] if (task, ref) in histories else float("nan")
         rows.append(dict(task=task, model=init, main_metric=metric, test_value=value, reference=ref,
