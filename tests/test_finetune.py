@@ -147,7 +147,7 @@ def test_run_finetune_scratch_and_specialised_write_the_run_dir(tmp_path):
     d = tmp_path / "segmentation" / "scratch"
     h = run_finetune("segmentation", "scratch", run_dir=d, **kw)
     assert sorted(p.name for p in d.iterdir()) == ["features.pt", "history.csv", "history.json", "last.pt",
-                                                    "test_metrics.json"]
+                                                    "test_cases.json", "test_metrics.json"]
     f = torch.load(d / "features.pt", weights_only=True)
     assert (f["task"], f["init"], f["seed"]) == ("segmentation", "scratch", 0)
     assert f["before"].shape == f["after"].shape == f["random"].shape == (3, 192)
@@ -156,8 +156,12 @@ def test_run_finetune_scratch_and_specialised_write_the_run_dir(tmp_path):
     assert not torch.equal(f["before"], f["after"])
     test = json.loads((d / "test_metrics.json").read_text())
     assert set(test) == {"dice", "dice_gland", "dice_lesion"} and h.meta["test"] == test
-    assert History.load(d / "history.json").rows == h.rows
-    assert run_finetune("segmentation", "scratch", run_dir=d, **kw).rows == h.rows  # complete: loaded
+    assert h.rows[0]["epoch"] == 0 and math.isnan(h.rows[0]["train_loss"])  # the untrained model's row
+    assert History.load(d / "history.json").rows[1:] == h.rows[1:]
+    assert run_finetune("segmentation", "scratch", run_dir=d, **kw).rows[1:] == h.rows[1:]  # complete: loaded
+    cases = json.loads((d / "test_cases.json").read_text())
+    assert len(cases["case_id"]) == 3 and cases["baseline"] is None and h.main_metric == "dice_gland"
+    assert sum(cases["values"]["dice_gland"]) / 3 == pytest.approx(test["dice_gland"])
     with pytest.raises(ConfigError, match="unknown run_finetune option"):
         run_finetune("segmentation", "scratch", run_dir=d, epochz=2)
 
@@ -166,3 +170,35 @@ def test_run_finetune_scratch_and_specialised_write_the_run_dir(tmp_path):
     assert not (d2 / "features.pt").exists() and (d2 / "test_metrics.json").exists()
     assert set(h2.meta["test"]) == {"auc", "accuracy"}
     assert build_specialised("segmentation")(torch.randn(1, 3, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+
+
+def test_zero_tokens_control_differs_from_the_real_head_after_training(tmp_path):
+    # the same task, seed and data: one head reads the encoder's tokens, the control reads zeros in their place
+    kw = dict(profile="micro", n_train=4, n_val=2, n_test=2, finetune_epochs=2, verbose=False)
+    real = run_finetune("super_resolution", "scratch", run_dir=tmp_path / "real", **kw)
+    ctl = run_finetune("super_resolution", "zero_tokens", run_dir=tmp_path / "ctl", **kw)
+    assert ctl.meta["mode"] == "frozen" and ctl.meta.get("zero_tokens") is True
+    assert not (tmp_path / "ctl" / "features.pt").exists()  # a control has no encoder features to compare
+    a = json.loads((tmp_path / "real" / "test_cases.json").read_text())
+    b = json.loads((tmp_path / "ctl" / "test_cases.json").read_text())
+    assert a["case_id"] == b["case_id"] and a["baseline"] == b["baseline"]  # paired: same cases, same identity
+    assert a["values"]["psnr"] != b["values"]["psnr"]
+    # and directly: after training, the zeroed head's output ignores what the encoder says
+    train, val = _data("super_resolution")
+    enc, head = _model("super_resolution")
+    finetune(enc, head, "super_resolution", train, val, epochs=1, batch_size=2, device="cpu", verbose=False)
+    x = val[0]["input"][None]
+    with torch.no_grad():
+        y_real, y_zero = TaskModel(enc, head)(x), TaskModel(enc, head, zero_tokens=True)(x)
+    assert not torch.allclose(y_real, y_zero)
+    with pytest.raises(ConfigError, match="control for dense tasks"):
+        run_finetune("classification", "zero_tokens", run_dir=tmp_path / "c", **kw)
+
+
+def test_specialised_restoration_baseline_has_the_identity_shortcut():
+    x = torch.randn(1, 3, 16, 16, 16)
+    for task, base in (("super_resolution", [0, 1, 2]), ("distortion_correction", [1, 2])):
+        y = build_specialised(task)(x)
+        assert (y - x[:, base]).abs().mean() < 0.05 * x[:, base].abs().mean()  # starts at the degraded input
+        plain = build_specialised(task, residual=False)(x)
+        assert (plain - x[:, base]).abs().mean() > 0.1

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .core import (CheckpointError, ConfigError, DataError, Profile, atomic_torch_save, atomic_write_json,
                                cache_dir, check_choice, claim, load_profile, result_fields, set_seed, sha256_file)
-from .data import TASK_SPECS, make_task_dataset
+from .data import TASK_SPECS, TASKS, make_task_dataset
 from .encoders import build_encoder, encoder_config, extract_features, load_pretrained
 from .heads import RESIDUAL_FROM, ResidualNet, build_head
 from . import stats
@@ -33,9 +33,10 @@ from .train import (History, Recipe, amp_dtype, dist_info, fit, gather_objects, 
 
 # %% auto #0
 __all__ = ['MODES', 'RESTORATION_LOSSES', 'INITS', 'CONTROL_INITS', 'SYNTHETIC_MAIN_METRIC', 'RUN_OPTIONS', 'SCRATCH_INITS',
-           'task_spec', 'TaskModel', 'task_loss', 'sample_metrics', 'reduce_metrics', 'case_values', 'finetune',
-           'evaluate', 'build_specialised', 'identity_baseline', 'load_test_cases', 'task_main_metric', 'run_finetune',
-           'transfer_inits', 'scratch_reference', 'gain', 'gain_table']
+           'SEMANTIC_KINDS', 'task_spec', 'TaskModel', 'task_loss', 'sample_metrics', 'reduce_metrics', 'case_values',
+           'finetune', 'evaluate', 'build_specialised', 'identity_baseline', 'load_test_cases', 'task_main_metric',
+           'run_finetune', 'transfer_inits', 'scratch_reference', 'gain', 'gain_table', 'transfer_runs',
+           'test_estimate', 'paired_estimate', 'run_frame', 'summary_table', 'learned_table', 'transfer_findings']
 
 # %% ../nbs/05_finetune.ipynb #68fd52f2
 MODES = ("full", "frozen", "scratch")
@@ -513,3 +514,165 @@ def gain_table(histories: Mapping, # {(task, init): History} with the test metri
                          scratch_value=ref_value,
                          gain_pct=0.0 if init == ref else gain(value, ref_value, spec["higher_is_better"])))
     return pd.DataFrame(rows)
+
+# %% ../nbs/05_finetune.ipynb #c0a1b2e1
+def transfer_runs(profile: str | Mapping = "tiny", # a profile name or a `core.Profile`
+                 ) -> list[tuple[str, str]]:
+    "(task, init) of every transfer-limits run: each task x `transfer_inits`, plus `zero_tokens` on restoration tasks."
+    runs = [(t, i) for t in TASKS for i in transfer_inits(profile)]
+    return runs + [(t, c) for t in TASKS if TASK_SPECS[t]["kind"] == "restoration" for c in CONTROL_INITS]
+
+def _mean(a, axis=-1): return np.mean(a, axis=axis)
+
+def _arm(histories: Mapping, task: str, init: str) -> list[History]:
+    "The runs of one arm, in seed order; `DataError` if none."
+    hs = [h for (s, t, i), h in sorted(histories.items(), key=lambda kv: kv[0][0]) if t == task and i == init]
+    if not hs: raise DataError(f"no runs of {init!r} on {task!r}")
+    return hs
+
+def _grid(hs: Sequence[History], part: str, key: str) -> np.ndarray:
+    "Per-case values (n_seeds, n_cases) of `part` ('values' or 'baseline') and `key` over the runs `hs`."
+    try: return np.array([h.meta["test_cases"][part][key] for h in hs], dtype=float)
+    except (KeyError, TypeError):
+        raise DataError(f"runs of {hs[0].meta.get('init')!r} on {hs[0].meta.get('task')!r} lack per-case {part} {key!r}") from None
+
+def _same_cases(a: Sequence[History], b: Sequence[History]):
+    ids = lambda hs: [h.meta["test_cases"]["case_id"] for h in hs]
+    if ids(a) != ids(b): raise DataError("a paired comparison needs the same seeds and test cases in both arms")
+
+def test_estimate(hs: Sequence[History], # one arm's runs (one per seed), per-case values in meta["test_cases"]
+                  n_boot: int = stats.DEFAULT_N_BOOT, seed: int = 0,
+                  part: str = "values", # "baseline": the identity baseline of these runs instead
+                 ) -> dict:
+    "Seed-averaged test main metric with a two-level bootstrap CI over seeds x test cases (AUC label-stratified)."
+    metric = hs[0].main_metric
+    if metric == "auc":
+        r = stats.auc_bootstrap(_grid(hs, part, "label"), _grid(hs, part, "prob"), n_boot=n_boot, seed=seed)
+        return {**r, "effect": r["auc"], "ci": r["auc_ci"], "test": r["test"].replace("AUC - 1/2", "AUC")}
+    return stats.bootstrap_ci(_mean, [_grid(hs, part, metric)], n_boot=n_boot, seed=seed, name=f"mean {metric}")
+
+def paired_estimate(a: Sequence[History], # arm A's runs, one per seed
+                    b: Sequence[History] | str, # arm B's runs on the same seeds and cases, or "identity": A's baseline
+                    n_boot: int = stats.DEFAULT_N_BOOT, seed: int = 0,
+                   ) -> dict:
+    "A - B on the task's main metric, paired by seed and test case, with the two-level bootstrap CI."
+    metric = a[0].main_metric
+    if isinstance(b, str):
+        if b != "identity": raise ConfigError(f"b must be runs or 'identity', got {b!r}")
+        return stats.paired_bootstrap(_grid(a, "values", metric), _grid(a, "baseline", metric), n_boot=n_boot, seed=seed)
+    _same_cases(a, b)
+    if metric == "auc":
+        return stats.auc_bootstrap(_grid(a, "values", "label"), _grid(a, "values", "prob"), _grid(b, "values", "prob"),
+                                   n_boot=n_boot, seed=seed)
+    return stats.paired_bootstrap(_grid(a, "values", metric), _grid(b, "values", metric), n_boot=n_boot, seed=seed)
+
+
+# %% ../nbs/05_finetune.ipynb #c0a1b2e2
+def run_frame(histories: Mapping, # {(seed, task, init): History} from `run_finetune`
+             ) -> pd.DataFrame:
+    "One row per run: test main metric, identity baseline, epoch-0/last/best validation, convergence and gains."
+    rows = []
+    for (seed, task, init), h in sorted(histories.items()):
+        m, base = h.main_metric, (h.meta.get("test_cases") or {}).get("baseline")
+        rows.append(dict(seed=int(seed), task=task, model=init, main_metric=m, test_value=float(h.meta["test"][m]),
+                         identity_value=float(np.mean(base[m])) if base else float("nan"),
+                         val_epoch0=h.initial(), val_last=float(h.values()[1][-1]), val_best=h.best(),
+                         epochs_to_95_improvement=h.epochs_to_improvement(0.95), improvement_auc=h.improvement_auc(),
+                         epochs=int(h.values()[0].max())))
+    df = pd.DataFrame(rows)
+    inits = set(df.model)
+    ref = df.set_index(["seed", "task", "model"]).test_value
+    df["reference"] = [scratch_reference(i, inits) for i in df.model]
+    df["gain_pct"] = [0.0 if i == r else gain(v, ref.get((s, t, r), float("nan")), task_spec(t)["higher_is_better"])
+                      for s, t, i, r, v in zip(df.seed, df.task, df.model, df.reference, df.test_value)]
+    df["gain_db_over_identity"] = df.test_value - df.identity_value
+    return df
+
+def summary_table(histories: Mapping, # {(seed, task, init): History}
+                  n_boot: int = stats.DEFAULT_N_BOOT, seed: int = 0,
+                 ) -> pd.DataFrame:
+    "Per task x model (restoration: plus the identity): test main metric mean, 95 % CI, half-width, n seeds and n cases."
+    rows = []
+    for task, init in dict.fromkeys((t, i) for _, t, i in sorted(histories)):
+        hs = _arm(histories, task, init)
+        arms = [(init, "values")] + ([("identity", "baseline")] if hs[0].meta["test_cases"].get("baseline") and
+                                     not any(r["model"] == "identity" and r["task"] == task for r in rows) else [])
+        for name, part in arms:
+            r = test_estimate(hs, n_boot, seed, part)
+            rows.append(dict(task=task, model=name, main_metric=hs[0].main_metric, mean=r["effect"], ci_lo=r["ci"][0],
+                             ci_hi=r["ci"][1], half_width=(r["ci"][1] - r["ci"][0]) / 2, n_seeds=r["n_seeds"],
+                             n_test=r["n_test"]))
+    return pd.DataFrame(rows)
+
+def learned_table(histories: Mapping, # {(seed, task, init): History}
+                 ) -> pd.DataFrame:
+    "Per task x model: epoch-0 and last-epoch validation ranges over seeds, and whether every seed's last beats every epoch 0."
+    f = run_frame(histories)
+    rows = []
+    for (task, init), g in f.groupby(["task", "model"], sort=False):
+        hib = higher_is_better(g.main_metric.iloc[0])
+        lo0, hi0, lo1, hi1 = g.val_epoch0.min(), g.val_epoch0.max(), g.val_last.min(), g.val_last.max()
+        learned = bool(lo1 > hi0) if hib else bool(hi1 < lo0)
+        rows.append(dict(task=task, model=init, main_metric=g.main_metric.iloc[0], epoch0_min=lo0, epoch0_max=hi0,
+                         last_min=lo1, last_max=hi1, n_seeds=len(g), learned=learned))
+    return pd.DataFrame(rows)
+
+
+# %% ../nbs/05_finetune.ipynb #c0a1b2e3
+SEMANTIC_KINDS = ("classification", "segmentation")
+
+def _gains(frame: pd.DataFrame, model: str, tasks: Sequence[str], col: str = "gain_pct") -> dict[str, np.ndarray]:
+    "{task: per-seed values of `col`} of `model` over `tasks` (tasks without finite values left out)."
+    out = {}
+    for t in tasks:
+        v = frame[(frame.task == t) & (frame.model == model)].sort_values("seed")[col].to_numpy(float)
+        if v.size and np.isfinite(v).all(): out[t] = v
+    return out
+
+def _aggregate(claim, x, y, sign, n_test, min_seeds=2):
+    "A finding from `stats.aggregate_ci` over the tasks of x (and y); `DataError` when it cannot be estimated."
+    if not x or (y is not None and set(x) != set(y)): raise DataError("no task has values for both arms")
+    if min(v.size for v in x.values()) < min_seeds:
+        raise DataError(f"a stratified bootstrap over seeds needs >= {min_seeds} seeds per task")
+    r = stats.aggregate_ci(x, y)
+    return stats.finding(claim, {**r, "n_test": n_test}, sign, test=f"{r['test']} ({', '.join(x)})")
+
+def transfer_findings(histories: Mapping, # {(seed, task, init): History} from `run_finetune`
+                      n_boot: int = stats.DEFAULT_N_BOOT, seed: int = 0, # the bootstraps' resamples and seed
+                     ) -> tuple[list[dict], list[dict]]:
+    "(findings, undetermined): the transfer-limits claims and controls as `stats.finding` records; claims that cannot be estimated, with why."
+    frame = run_frame(histories)
+    inits, tasks = list(dict.fromkeys(frame.model)), list(dict.fromkeys(frame.task))
+    models = [m for m in ("mae", "contrastive") if m in inits]
+    n_test = int(min(len(h.meta["test_cases"]["case_id"]) for h in histories.values()))
+    restoration = [t for t in tasks if task_spec(t)["kind"] == "restoration"]
+    semantic = [t for t in tasks if task_spec(t)["kind"] in SEMANTIC_KINDS]
+    out, skipped = [], []
+    def add(claim, make):
+        try: out.append(make())
+        except DataError as e: skipped.append(dict(claim=claim, reason=str(e)))
+    pe = lambda a, b: paired_estimate(a, b, n_boot, seed)
+    for m in models:
+        for t in tasks:
+            c = f"{m} beats scratch on {t} ({frame[frame.task == t].main_metric.iloc[0]}, paired)"
+            add(c, lambda: stats.finding(c, pe(_arm(histories, t, m), _arm(histories, t, scratch_reference(m, inits))), +1))
+        c = f"{m} beats scratch across tasks (mean relative gain, %)"
+        add(c, lambda: _aggregate(c, _gains(frame, m, tasks), None, +1, n_test))
+        c = f"{m} converges faster than scratch (epochs to 95 % of the improvement over epoch 0, mean over tasks)"
+        add(c, lambda: _aggregate(c, _gains(frame, scratch_reference(m, inits), tasks, "epochs_to_95_improvement"),
+                                  _gains(frame, m, tasks, "epochs_to_95_improvement"), +1, n_test))
+    if {"mae", "contrastive"} <= set(models):
+        c = "restoration tasks gain more from MAE than from contrastive (relative gain, %)"
+        add(c, lambda: _aggregate(c, _gains(frame, "mae", restoration), _gains(frame, "contrastive", restoration), +1, n_test))
+        c = "semantic tasks gain more from contrastive than from MAE (relative gain, %)"
+        add(c, lambda: _aggregate(c, _gains(frame, "contrastive", semantic), _gains(frame, "mae", semantic), +1, n_test))
+    for t in restoration:  # controls: does the model beat its input, and does its result need the encoder?
+        for i in inits:
+            c = f"{i} beats the identity baseline on {t} (PSNR gain, dB)"
+            add(c, lambda: stats.finding(c, pe(_arm(histories, t, i), "identity"), +1))
+        for m in models:
+            for ctl in (x for x in CONTROL_INITS if x in inits):
+                c = f"{m}'s encoder contributes on {t} (vs the {ctl} control, PSNR dB)"
+                add(c, lambda: stats.finding(c, pe(_arm(histories, t, m), _arm(histories, t, ctl)), +1))
+    return stats.check_findings(out), skipped
+
