@@ -18,7 +18,8 @@ from .core import ConfigError, DataError, check_choice
 
 # %% auto #0
 __all__ = ['ESTIMATORS', 'KERNELS', 'MULTI_SCALES', 'MEDIAN_MAX_POINTS', 'DEFAULT_CHUNK', 'MIN_CHUNK', 'FEATURE_KEYS',
-           'median_bandwidth', 'mmd2', 'mmd_permutation_test', 'linear_cka', 'feature_distances', 'correlate']
+           'median_bandwidth', 'mmd2', 'mmd_permutation_test', 'linear_cka', 'feature_distances', 'correlate',
+           'correlation_finding']
 
 # %% ../nbs/06_alignment.ipynb #ba2142c3
 ESTIMATORS = {"unbiased", "biased"}
@@ -327,7 +328,7 @@ def _collect(source) -> dict:
 
 # %% ../nbs/06_alignment.ipynb #45ace12c
 def feature_distances(source, # run directory with <task>/<init>/features.pt, or {(init, task): {"before", "after", "random"}}
-                      bandwidth: str | float | Sequence[float] = "median", # as in `mmd2` (chosen per pair)
+                      bandwidth: str | float | Sequence[float] = "median", # as in `mmd2` (chosen per pair), or "pooled": one σ per row
                       estimator: str = "unbiased", # as in `mmd2`
                       permutations: int = 0, # > 0: add permutation p-values with this many permutations
                       seed: int = 0, # seed of the permutation tests
@@ -338,30 +339,37 @@ def feature_distances(source, # run directory with <task>/<init>/features.pt, or
     if isinstance(permutations, bool) or not isinstance(permutations, (int, np.integer)) or permutations < 0:
         raise ConfigError(f"permutations must be a non-negative int, got {permutations!r}")
     feats = _collect(source)
-    def dist(a, b, names):
+    pooled = isinstance(bandwidth, str) and bandwidth == "pooled"
+    def dist(a, b, names, bw):
         a, b = _check_pair(a, b, 2 if estimator == "unbiased" else 1, names)
-        if permutations: return mmd_permutation_test(a, b, permutations, seed, bandwidth, estimator)
-        return mmd2(a, b, bandwidth=bandwidth, estimator=estimator), float("nan")
+        if permutations: return mmd_permutation_test(a, b, permutations, seed, bw, estimator)
+        return mmd2(a, b, bandwidth=bw, estimator=estimator), float("nan")
     rows = []
     for (init, task), f in sorted(feats.items()):
         tag = f"{task}/{init}"
         row = dict(model=init, task=task, n=len(f["after"]))
-        row["D2P"], row["p_D2P"] = dist(f["after"], f["before"], (f"{tag} after", f"{tag} before"))
-        row["D2R"], row["p_D2R"] = dist(f["after"], f["random"], (f"{tag} after", f"{tag} random"))
         ref_name = f"{scratch}_{init}" if (f"{scratch}_{init}", task) in feats else scratch
         ref = feats.get((ref_name, task))
-        if init == scratch or init.startswith(f"{scratch}_"):
+        is_scratch = init == scratch or init.startswith(f"{scratch}_")
+        bw = bandwidth
+        if pooled:  # one σ for every distance of the row: the median heuristic over all the sets the row compares
+            sets = [f["after"], f["before"], f["random"]] + ([ref["after"]] if ref is not None and not is_scratch else [])
+            bw = median_bandwidth(torch.cat([torch.as_tensor(s) for s in sets[:2]]), torch.cat([torch.as_tensor(s) for s in sets[2:]]))
+        row["sigma"] = bw if not isinstance(bw, str) else float("nan")
+        row["D2P"], row["p_D2P"] = dist(f["after"], f["before"], (f"{tag} after", f"{tag} before"), bw)
+        row["D2R"], row["p_D2R"] = dist(f["after"], f["random"], (f"{tag} after", f"{tag} random"), bw)
+        if is_scratch:
             row["D2S"], row["p_D2S"], row["note"] = float("nan"), float("nan"), "is a scratch run"
         elif ref is None:
             row["D2S"], row["p_D2S"], row["note"] = float("nan"), float("nan"), f"no '{scratch}' run for task {task}: D2S undefined"
         else:
-            row["D2S"], row["p_D2S"] = dist(f["after"], ref["after"], (f"{tag} after", f"{task}/{ref_name} after"))
+            row["D2S"], row["p_D2S"] = dist(f["after"], ref["after"], (f"{tag} after", f"{task}/{ref_name} after"), bw)
             row["note"] = ""
         row["CKA"] = linear_cka(f["after"], f["before"])
         rows.append(row)
     df = pd.DataFrame(rows)
     df["bandwidth"], df["estimator"] = str(bandwidth), estimator
-    cols = ["model", "task", "n", "D2P", "D2R", "D2S", "CKA"]
+    cols = ["model", "task", "n", "D2P", "D2R", "D2S", "CKA", "sigma"]
     if permutations: cols += ["p_D2P", "p_D2R", "p_D2S"]
     return df[cols + ["bandwidth", "estimator", "note"]]
 
@@ -402,3 +410,20 @@ def correlate(distance, # one distance per (model, task) pair, e.g. the D2P colu
         out[f"{k}_ci"] = (float(np.percentile(v, lo)), float(np.percentile(v, hi))) if v.size else (float("nan"),) * 2
         out[f"{k}_n_boot"] = int(v.size)
     return out
+
+# %% ../nbs/06_alignment.ipynb #a1c0d0e3
+def correlation_finding(claim: str, # the paper's claim, in words
+                        distance, # one distance per point (e.g. seed-averaged D2P per model x task)
+                        target, # the matching gains or convergence epochs
+                        expected_sign: int, # +1 or -1: the sign of rho the paper claims
+                        n_seeds: int, # seeds behind each point
+                        n_boot: int = 2000, seed: int = 0,
+                       ) -> dict:
+    "A `stats.finding` record of Spearman's rho(distance, target) with `correlate`'s bootstrap CI."
+    from vfm_transfer import stats as _stats
+    c = correlate(distance, target, n_boot=n_boot, seed=seed)
+    res = dict(effect=c["spearman_rho"], ci=c["spearman_ci"], n_seeds=int(n_seeds), n_test=c["n"],
+               test=f"Spearman rho over {c['n']} points (each the mean over {n_seeds} seeds), percentile bootstrap of "
+                    f"the points ({c['spearman_n_boot']} finite of {n_boot} resamples, {c['ci']:.0%} CI)")
+    return _stats.finding(claim, res, expected_sign)
+
