@@ -50,6 +50,7 @@ pytest: install
 # nbdev_readme needs quarto, which cannot be installed from PyPI here; nbconvert renders the same page.
 readme: install
 	$(BIN)/jupyter nbconvert --to markdown --execute --ExecutePreprocessor.kernel_name=vfm-transfer \
+	  --TagRemovePreprocessor.enabled=True --TagRemovePreprocessor.remove_input_tags=hide-input \
 	  nbs/index.ipynb --output-dir . --output README --log-level WARN
 
 export: install

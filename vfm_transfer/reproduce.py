@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Sequence
 
 from .core import (DEFAULT_PROFILE, PROGRESS_ENV, ConfigError, VFMTransferError, PROFILES, atomic_write_json,
-                               atomic_write_text, check_choice, default_out_dir, figures_root, git_commit, sha256_file)
+                               atomic_write_text, check_choice, default_out_dir, figures_root, git_commit, load_profile,
+                               sha256_file)
+from .grid import NOTEBOOK_STAGES, run_notebook_grid
 
 # %% auto #0
 __all__ = ['KERNEL', 'RUN_LOG', 'DEPENDS', 'DEMO_SPLITS', 'experiments_dir', 'list_experiments', 'check_parameters',
-           'run_experiment', 'write_manifest', 'run_order', 'reproduce', 'make_demo_data', 'main']
+           'run_experiment', 'write_manifest', 'run_order', 'reproduce', 'make_demo_data', 'findings_markdown', 'main']
 
 # %% ../nbs/09_reproduce.ipynb #2c6319fc
 def experiments_dir(path: str | Path | None = None, # a folder of experiment notebooks; None searches the usual places
@@ -238,6 +240,26 @@ def make_demo_data(out_dir: str | Path, # folder for the NIfTI files and manifes
     rows = [rows[0] + ["split"]] + [r + [DEMO_SPLITS[(k // 2) % len(DEMO_SPLITS)]] for k, r in enumerate(rows[1:])]
     return atomic_write_text(path, "".join(",".join(r) + "\n" for r in rows))
 
+# %% ../nbs/09_reproduce.ipynb #0073edf5
+def _finding_line(f: dict) -> str:
+    lo, hi = f["ci"]
+    return (f"- {f['claim']}: **{f['verdict']}** — effect {f['effect']:+.3g}, 95 % CI [{lo:+.3g}, {hi:+.3g}]; "
+            f"{f['n_seeds']} seed(s) × {f['n_test']} test cases; {f['test']}")
+
+def findings_markdown(root: str | Path | None = None, # a figures folder (default: the default profile's)
+                     ) -> str:
+    "The verdict of every finding in `<root>/*/metrics.json`, as Markdown lines per notebook."
+    root = Path(root) if root is not None else figures_root(DEFAULT_PROFILE)
+    out = []
+    for path in sorted(root.glob("*/metrics.json")):
+        m = json.loads(path.read_text())
+        fs = m.get("findings")
+        head = f"**{path.parent.name}** (profile `{m.get('profile', '?')}`, seeds {list(m.get('seeds', []))})"
+        if not isinstance(fs, list) or not all(isinstance(f, dict) and "verdict" in f for f in fs):
+            out.append(f"{head}: no findings in the verdict schema yet (re-run the notebook)."); continue
+        out.append("\n".join([head + ":"] + [_finding_line(f) for f in fs]))
+    return "\n\n".join(out) if out else f"No metrics.json under {root} yet: run `make reproduce`."
+
 # %% ../nbs/09_reproduce.ipynb #16d6838c
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vfm-transfer", description="Regenerate the tables and figures of the vfm_transfer papers.")
@@ -254,6 +276,21 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--notebooks", default=None, help="folder of experiment notebooks (default: nbs/experiments)")
     r.add_argument("--kernel", default=None, help="jupyter kernel (default: vfm-transfer if registered)")
     sub.add_parser("list", help="list the experiment notebooks")
+    g = sub.add_parser("runs", help="pre-compute an experiment notebook's grid of runs (inline, local workers or Slurm); "
+                                    "the notebook then only loads them", description="Pre-compute an experiment notebook's "
+                       "runs; prints one JSON line {runs, trained, loaded, failed, run_root}.")
+    g.add_argument("notebook", choices=sorted(NOTEBOOK_STAGES), help="the experiment notebook")
+    g.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES), help=f"run profile (default: {DEFAULT_PROFILE})")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--executor", choices=("inline", "local", "slurm"), default=None, help="where runs execute (default: the profile's)")
+    g.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core or GPU)")
+    g.add_argument("--run-root", default=None, help="the notebook's run_root parameter (default: the notebook's default)")
+    g.add_argument("--param", action="append", default=[], metavar="KEY=JSON", help="profile override, e.g. --param finetune_epochs=3")
+    g.add_argument("--retries", type=int, default=None, help="local: reruns of a run whose worker died (default: 2)")
+    for opt, kind, about in (("partition", str, "Slurm partition"), ("gpus", int, "GPUs per job"), ("cpus", int, "CPUs per job"),
+                             ("time-min", int, "time limit per job, minutes"), ("array-parallelism", int, "jobs of the array at once"),
+                             ("folder", str, "submitit's log folder (shared by the nodes)"), ("max-requeue", int, "requeues on preemption/time-out")):
+        g.add_argument(f"--slurm-{opt}", type=kind, default=None, help=f"{about} (default: the profile's)")
     about = "write a small synthetic NIfTI dataset and its manifest.csv into DIR (e.g. data/demo); see data/README.md"
     d = sub.add_parser("make-data", help=about, description=about)
     d.add_argument("dir", help="folder to write (created)")
@@ -271,6 +308,16 @@ def _parse_params(items: Sequence[str]) -> dict:
         except json.JSONDecodeError: out[k] = v
     return out
 
+def _runs(args) -> int:
+    "`vfm-transfer runs`: pre-compute a notebook's grid; one JSON line on stdout, failures on stderr."
+    options = {k: v for k, v in vars(args).items() if (k.startswith("slurm_") or k == "retries") and v is not None}
+    profile = load_profile(args.profile, **_parse_params(args.param))
+    out = run_notebook_grid(args.notebook, profile, args.seed, args.run_root, args.executor, workers=args.workers, **options)
+    for f in out.pop("failures"):
+        print(f"[vfm-transfer] FAILED {f['label']}: {f['error']}\n    folder {f['folder']}\n    log    {f['log']}", file=sys.stderr)
+    print(json.dumps(out))
+    return 1 if out["failed"] else 0
+
 def main(argv: Sequence[str] | None = None) -> int:
     "Entry point of the `vfm-transfer` console script."
     args = _parser().parse_args(argv)
@@ -282,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[vfm-transfer] wrote {args.n} synthetic cases and {path}\n"
                   f"[vfm-transfer] try: vfm-transfer reproduce --profile micro --only transfer_limits --param manifest='\"{path}\"'")
             return 0
+        if args.command == "runs":
+            return _runs(args)
         t0 = time.perf_counter()
         recs = reproduce(args.profile, args.out, args.only, args.jobs, args.seed, _parse_params(args.param),
                          args.notebooks, args.kernel)
