@@ -275,9 +275,10 @@ SLURM_OPTIONS = ("slurm_partition", "slurm_gpus", "slurm_cpus", "slurm_time_min"
 def _slurm(specs, idx, bar, slurm_partition=None, slurm_gpus=0, slurm_cpus=2, slurm_time_min=60,
            slurm_array_parallelism=32, slurm_folder=None, slurm_max_requeue=3, slurm_poll_s=2.0,
            slurm_additional=None, **_):
-    ex = submitit.AutoExecutor(folder=Path(slurm_folder or cache_root() / "slurm") / "%j", cluster="slurm")
+    ex = submitit.AutoExecutor(folder=Path(slurm_folder or cache_root() / "slurm") / "%j", cluster="slurm",
+                               slurm_max_num_timeout=int(slurm_max_requeue))  # requeues after a time-out
     params = dict(name="vfm-grid", timeout_min=int(slurm_time_min), cpus_per_task=int(slurm_cpus),
-                  slurm_array_parallelism=int(slurm_array_parallelism), slurm_max_num_timeout=int(slurm_max_requeue))
+                  slurm_array_parallelism=int(slurm_array_parallelism))
     if slurm_gpus: params["gpus_per_node"] = int(slurm_gpus)
     if slurm_partition: params["slurm_partition"] = slurm_partition
     if slurm_additional: params["slurm_additional_parameters"] = dict(slurm_additional)
