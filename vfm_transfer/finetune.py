@@ -36,7 +36,8 @@ __all__ = ['MODES', 'RESTORATION_LOSSES', 'INITS', 'CONTROL_INITS', 'SYNTHETIC_M
            'SEMANTIC_KINDS', 'task_spec', 'TaskModel', 'task_loss', 'sample_metrics', 'reduce_metrics', 'case_values',
            'finetune', 'evaluate', 'build_specialised', 'identity_baseline', 'load_test_cases', 'task_main_metric',
            'run_finetune', 'transfer_inits', 'scratch_reference', 'gain', 'gain_table', 'transfer_runs',
-           'test_estimate', 'paired_estimate', 'run_frame', 'summary_table', 'learned_table', 'transfer_findings']
+           'test_estimate', 'paired_estimate', 'run_frame', 'summary_table', 'learned_table', 'transfer_findings',
+           'seed_summary']
 
 # %% ../nbs/05_finetune.ipynb #68fd52f2
 MODES = ("full", "frozen", "scratch")
@@ -675,4 +676,24 @@ def transfer_findings(histories: Mapping, # {(seed, task, init): History} from `
                 c = f"{m}'s encoder contributes on {t} (vs the {ctl} control, PSNR dB)"
                 add(c, lambda: stats.finding(c, pe(_arm(histories, t, m), _arm(histories, t, ctl)), +1))
     return stats.check_findings(out), skipped
+
+
+# %% ../nbs/05_finetune.ipynb #c0a1b2e6
+def seed_summary(frame: pd.DataFrame, # one row per seed and group, e.g. `run_frame` or stacked distance tables
+                 values: Sequence[str], # the columns to summarise
+                 by: Sequence[str] = ("task", "model"), # the group columns
+                 n_boot: int = stats.DEFAULT_N_BOOT, seed: int = 0,
+                ) -> pd.DataFrame:
+    "Per group: the mean over seeds of each column with its 95 % bootstrap CI over seeds (NaN with one seed) and n."
+    rows = []
+    for key, g in frame.groupby(list(by), sort=False):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        for v in values:
+            x = g[v].to_numpy(float); x = x[np.isfinite(x)]
+            lo, hi = (stats.bootstrap_ci(_mean, [x[:, None]], n_boot=n_boot, seed=seed)["ci"] if x.size >= 2
+                      else (float("nan"),) * 2)
+            row.update({v: float(x.mean()) if x.size else float("nan"), f"{v}_ci_lo": lo, f"{v}_ci_hi": hi})
+        row["n_seeds"] = len(g)
+        rows.append(row)
+    return pd.DataFrame(rows)
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .core import (ConfigError, DataError, atomic_write_json, atomic_write_text, cache_dir, check_choice,
-                               get_device, progress)
+                               claim, get_device, progress)
 
 # %% auto #0
 __all__ = ['CROP_KINDS', 'CROP_COLUMNS', 'BACKENDS', 'PROVENANCE_COLUMNS', 'crop_grid', 'random_crops', 'embed_images',
@@ -255,37 +255,39 @@ def embed_gallery(encoder: nn.Module, # frozen encoder (any of the kinds `embed_
                out_hw=list(hw), chunk_size=int(chunk_size), dtype="float16")
     d = cache_dir(key, kind="gallery", root=root)
     if (d / "complete.json").exists(): return GalleryEmbeddings(d)
-    table = _crop_table(spec, _gallery_shapes(gallery_ds, spec))
-    per_image = len(table) // n
-    done, meta = set(), None
-    if (d / "progress.json").exists() and (d / "embeddings.npy").exists():
-        meta = json.loads((d / "progress.json").read_text()); done = set(meta["chunks"])
-    else:
-        atomic_write_text(d / "ids.csv", table.to_csv(index=False))
-    first_shape = _gallery_shapes(gallery_ds, spec)[0]
-    n_chunks = math.ceil(n / chunk_size)
-    mm = np.load(d / "embeddings.npy", mmap_mode="r+") if meta else None
-    for c in progress(range(n_chunks), desc="gallery embeddings"):
-        if c in done: continue
-        lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
-        rows = table.iloc[lo * per_image:hi * per_image]
-        ims = {}
-        for i in range(lo, hi):
-            ims[i] = _as_image(gallery_ds[i], f"gallery item {i}")
-            if spec["kind"] != "whole" and tuple(ims[i].shape[-2:]) != first_shape:
-                raise DataError(f"gallery item {i} has size {tuple(ims[i].shape[-2:])}, but crops need every gallery "
-                                f"image to be {first_shape} like item 0; resize the gallery (e.g. ImageFolderDataset(size=...))")
-        x = torch.stack([_cut(ims[r.image], r.y, r.x, r.size, hw) for r in rows.itertuples()])
-        e = embed_images(encoder, x, batch_size=batch_size, device=device)
-        if mm is None:  # preallocate once the embedding width is known
-            mm = np.lib.format.open_memmap(d / "embeddings.npy", mode="w+", dtype=np.float16, shape=(len(table), e.shape[1]))
-        mm[lo * per_image:hi * per_image] = e.astype(np.float16)
-        mm.flush()
-        done.add(c)
-        atomic_write_json(d / "progress.json", {"chunks": sorted(done), "n_chunks": n_chunks})
-    atomic_write_json(d / "complete.json", {"n": len(table), "dim": int(mm.shape[1]), "n_images": n, "key": key})
-    del mm
-    return GalleryEmbeddings(d)
+    with claim(d):  # one process embeds the gallery; the others wait here, then open it
+        if (d / "complete.json").exists(): return GalleryEmbeddings(d)
+        table = _crop_table(spec, _gallery_shapes(gallery_ds, spec))
+        per_image = len(table) // n
+        done, meta = set(), None
+        if (d / "progress.json").exists() and (d / "embeddings.npy").exists():
+            meta = json.loads((d / "progress.json").read_text()); done = set(meta["chunks"])
+        else:
+            atomic_write_text(d / "ids.csv", table.to_csv(index=False))
+        first_shape = _gallery_shapes(gallery_ds, spec)[0]
+        n_chunks = math.ceil(n / chunk_size)
+        mm = np.load(d / "embeddings.npy", mmap_mode="r+") if meta else None
+        for c in progress(range(n_chunks), desc="gallery embeddings"):
+            if c in done: continue
+            lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
+            rows = table.iloc[lo * per_image:hi * per_image]
+            ims = {}
+            for i in range(lo, hi):
+                ims[i] = _as_image(gallery_ds[i], f"gallery item {i}")
+                if spec["kind"] != "whole" and tuple(ims[i].shape[-2:]) != first_shape:
+                    raise DataError(f"gallery item {i} has size {tuple(ims[i].shape[-2:])}, but crops need every gallery "
+                                    f"image to be {first_shape} like item 0; resize the gallery (e.g. ImageFolderDataset(size=...))")
+            x = torch.stack([_cut(ims[r.image], r.y, r.x, r.size, hw) for r in rows.itertuples()])
+            e = embed_images(encoder, x, batch_size=batch_size, device=device)
+            if mm is None:  # preallocate once the embedding width is known
+                mm = np.lib.format.open_memmap(d / "embeddings.npy", mode="w+", dtype=np.float16, shape=(len(table), e.shape[1]))
+            mm[lo * per_image:hi * per_image] = e.astype(np.float16)
+            mm.flush()
+            done.add(c)
+            atomic_write_json(d / "progress.json", {"chunks": sorted(done), "n_chunks": n_chunks})
+        atomic_write_json(d / "complete.json", {"n": len(table), "dim": int(mm.shape[1]), "n_images": n, "key": key})
+        del mm
+        return GalleryEmbeddings(d)
 
 # %% ../nbs/08_retrieval.ipynb #c4d2d947
 BACKENDS = {"flat", "ivf", "hnsw", "torch"}
