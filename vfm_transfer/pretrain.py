@@ -21,7 +21,7 @@ from monai.transforms import (Compose, RandAffine, RandAxisFlip, RandGaussianNoi
 from torch import nn
 from torch.utils.data import Dataset
 
-from .core import (ConfigError, DataError, Profile, atomic_torch_save, cache_dir, check_choice,
+from .core import (ConfigError, DataError, Profile, atomic_torch_save, cache_dir, check_choice, claim,
                                load_profile, set_seed)
 from .data import dataset_key, item_image, unlabeled_dataset
 from .encoders import (PROVICNET_SEQUENCES, ViTEncoder, build_encoder, convnext_config_from_state_dict,
@@ -191,16 +191,20 @@ def _pretrain(objective: str, encoder_cfg: Mapping, ds: Dataset, epochs: int, lr
     if cache and path.exists():
         hit = _load_cached(path, encoder_cfg)
         if hit is not None: return PretrainResult(hit[0], hit[1], path, cached=True, config=config)
-    recipe, to_encoder = make_recipe(enc, min(batch_size, len(ds)))
-    # cache=False retrains from scratch: the checkpoint of an earlier run is not resumed, and is overwritten
-    h = fit(recipe, epochs, lr, weight_decay=options.get("weight_decay", 0.05), warmup_epochs=WARMUP_FRACTION * epochs,
-            grad_clip=1.0, seed=seed, device=device, ckpt_dir=folder, resume=cache, desc=f"pretrain {objective}",
-            verbose=verbose, meta=dict(objective=objective))
-    losses = [r["train_loss"] for r in h.rows]
-    enc = to_encoder(recipe.model).cpu().eval()
-    if dist_info()[1] == 0:
-        atomic_torch_save(dict(state_dict=enc.state_dict(), losses=losses, encoder_cfg=encoder_cfg, objective=objective), path)
-    return PretrainResult(enc, losses, path, cached=False, config=config, resumed_from=h.meta["resumed_from"])
+    with claim(folder):  # one process pretrains this encoder; the others wait here and load it
+        if cache and path.exists():
+            hit = _load_cached(path, encoder_cfg)
+            if hit is not None: return PretrainResult(hit[0], hit[1], path, cached=True, config=config)
+        recipe, to_encoder = make_recipe(enc, min(batch_size, len(ds)))
+        # cache=False retrains from scratch: the checkpoint of an earlier run is not resumed, and is overwritten
+        h = fit(recipe, epochs, lr, weight_decay=options.get("weight_decay", 0.05), warmup_epochs=WARMUP_FRACTION * epochs,
+                grad_clip=1.0, seed=seed, device=device, ckpt_dir=folder, resume=cache, desc=f"pretrain {objective}",
+                verbose=verbose, meta=dict(objective=objective))
+        losses = [r["train_loss"] for r in h.rows]
+        enc = to_encoder(recipe.model).cpu().eval()
+        if dist_info()[1] == 0:
+            atomic_torch_save(dict(state_dict=enc.state_dict(), losses=losses, encoder_cfg=encoder_cfg, objective=objective), path)
+        return PretrainResult(enc, losses, path, cached=False, config=config, resumed_from=h.meta["resumed_from"])
 
 # %% ../nbs/03_pretrain.ipynb #aefd37be
 def pretrain_mae(encoder_cfg: Mapping, # `build_encoder` kwargs (e.g. `encoders.encoder_config(profile)`)
