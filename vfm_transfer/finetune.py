@@ -632,7 +632,10 @@ def _gains(frame: pd.DataFrame, model: str, tasks: Sequence[str], col: str = "ga
 
 def _aggregate(claim, x, y, sign, n_test, min_seeds=2):
     "A finding from `stats.aggregate_ci` over the tasks of x (and y); `DataError` when it cannot be estimated."
-    if not x or (y is not None and set(x) != set(y)): raise DataError("no task has values for both arms")
+    if y is not None:  # tasks where a gain is undefined in either arm (e.g. a scratch AUC of 0) are left out
+        common = [t for t in x if t in y]
+        x, y = {t: x[t] for t in common}, {t: y[t] for t in common}
+    if not x: raise DataError("no task has finite values in both arms")
     if min(v.size for v in x.values()) < min_seeds:
         raise DataError(f"a stratified bootstrap over seeds needs >= {min_seeds} seeds per task")
     r = stats.aggregate_ci(x, y)
