@@ -10,16 +10,19 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from vfm_transfer.core import ConfigError, sha256_file
+from vfm_transfer.core import ConfigError, load_profile, sha256_file
+from vfm_transfer.stats import check_findings
 from vfm_transfer.reproduce import list_experiments, reproduce, run_experiment
 
 NOTEBOOKS = ("transfer_limits", "alignment", "kd_approaches", "kd_compute", "kd_retrieval")
 NOTEBOOK_DIR = ROOT / "nbs" / "experiments"
+STATS_FINDINGS = ("transfer_limits", "alignment")  # notebooks whose findings are `stats.finding` records
 
 # metrics.json keys each notebook must write (the numbers its prose and the README quote)
 METRIC_KEYS = {
-    "transfer_limits": {"tasks", "inits", "test_main_metric", "gain", "epochs_to_95", "val_auc", "findings"},
-    "alignment": {"distances", "correlations", "findings"},
+    "transfer_limits": {"profile", "seeds", "tasks", "inits", "runs", "test_main_metric", "gain", "epochs_to_95",
+                        "improvement_auc", "gain_db_over_identity", "ci_half_width", "learned", "findings"},
+    "alignment": {"profile", "seeds", "distances", "correlations", "findings"},
     "kd_approaches": {"students", "labels_per_class", "accuracy", "segmentation_miou", "findings"},
     "kd_compute": {"flops", "accuracy", "spearman_rho", "findings"},
     "kd_retrieval": {"sizes", "accuracy", "transfer_sets", "findings"},
@@ -27,7 +30,8 @@ METRIC_KEYS = {
 
 # tables each notebook saves, with their expected row counts given the micro profile
 def _expected_rows(name, m):
-    if name == "transfer_limits": return {"test_metrics": len(m["tasks"]) * len(m["inits"])}
+    if name == "transfer_limits":  # one row per run of a seed, plus the identity baseline of each restoration task
+        return {"test_metrics": len(m["runs"]) + len(m["restoration_tasks"])}
     if name == "alignment": return {"distances": len(m["distances"])}
     return {}
 
@@ -91,8 +95,13 @@ def test_notebook_runs_and_writes_metrics(micro, name):
     assert not missing, f"{name}/metrics.json lacks {sorted(missing)}"
     bad = _finite({k: m[k] for k in METRIC_KEYS[name]})
     assert bad is None, f"{name}/metrics.json has a non-finite value at {bad}"
-    # a finding is yes/no, or None where the numbers cannot decide it (e.g. a constant variable at micro sizes)
-    assert m["findings"] and all(v is None or isinstance(v, bool) for v in m["findings"].values()), m["findings"]
+    if name in STATS_FINDINGS:  # findings in the stats schema: claim, verdict from the CI, effect, ci, n_seeds, n_test
+        assert m["findings"] and check_findings(m["findings"]) and m["profile"] == "micro"
+        assert m["seeds"] == list(load_profile("micro").seeds)
+        assert all(f["n_seeds"] == len(m["seeds"]) for f in m["findings"]), m["findings"]
+    else:
+        # a finding is yes/no, or None where the numbers cannot decide it (e.g. a constant variable at micro sizes)
+        assert m["findings"] and all(v is None or isinstance(v, bool) for v in m["findings"].values()), m["findings"]
     for table, n in _expected_rows(name, m).items():
         assert len(pd.read_csv(out / name / f"{table}.csv")) == n, table
 
@@ -130,3 +139,20 @@ def test_same_seed_gives_identical_tables(micro, tmp_path, monkeypatch):
     assert first
     for f in first:
         assert (tmp_path / "again" / name / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_transfer_limits_findings_cover_the_claims_and_controls(micro):
+    out, recs = micro
+    assert recs["transfer_limits"]["status"] == "ok"
+    m = json.loads((out / "transfer_limits" / "metrics.json").read_text())
+    claims = {f["claim"] for f in m["findings"]} | {u["claim"] for u in m["undetermined"]}
+    for task in m["tasks"]:  # every pretrained model against scratch on every task, paired
+        assert any(c.startswith("mae beats scratch on " + task) for c in claims), task
+    for task in m["restoration_tasks"]:  # the controls: the identity baseline and the zero-tokens head
+        assert any("identity baseline on " + task in c for c in claims) and any("zero_tokens control" in c and task in c for c in claims)
+    assert {"restoration tasks gain more from MAE than from contrastive (relative gain, %)",
+            "semantic tasks gain more from contrastive than from MAE (relative gain, %)"} <= claims
+    assert m["main_metric"]["segmentation"] == "dice_gland"  # lesion Dice left out of the synthetic main metric
+    a = json.loads((out / "alignment" / "metrics.json").read_text())
+    assert ("lower D2P <-> larger gain" in {f["claim"] for f in a["findings"]}
+            or any(u["claim"] == "D2P vs gain_pct" for u in a["undetermined"]))
