@@ -291,11 +291,12 @@ def test_kd_datasets():
     assert len(kd["test"]) == MICRO.n_test_2d and len(kd["in_domain"]) == len(kd["generic"]) == MICRO.transfer_size
     assert len(kd["gallery"]) == MICRO.gallery_size
     assert (kd["test"].domains == 0).all() and (kd["in_domain"].domains == 0).all() and (kd["generic"].domains > 0).all()
+    assert (kd["pretrain"].domains > 0).all()  # the teacher's pool holds no target-domain image
     frac = float((kd["gallery"].domains == 0).float().mean())
     assert 0 < frac < 0.5
     # no image shared between pools (pools are drawn from disjoint index ranges)
     seen = {}
-    for name in ("val", "test", "in_domain", "generic", "gallery"):
+    for name in ("val", "test", "in_domain", "generic", "gallery", "pretrain"):
         for i in range(0, len(kd[name]), 5):
             key = kd[name][i]["image"].numpy().tobytes()
             assert key not in seen, (name, seen.get(key))

@@ -151,7 +151,7 @@ def test_segmentation_distillation_runs_and_lowers_loss(tmp_path):
     assert c.get([0, 1], 0).shape == (2, 4, 16, 16)
     h = distill_task(t, s, ds, task="segmentation", epochs=4, lr=3e-3, batch_size=8, cache=c, device="cpu")
     assert h["loss"][-1] < h["loss"][0], h["loss"]
-    assert set(evaluate_2d(s, ds, device="cpu")) == {"miou", "pixel_accuracy"}
+    assert set(evaluate_2d(s, ds, device="cpu")) == {"miou", "pixel_accuracy", "per_image_iou"}
 
 
 @pytest.mark.parametrize("loss", ["cosine", "contrastive"])
@@ -221,10 +221,14 @@ def test_pretrained_teacher_caches_weights_and_input_statistics(tmp_path):
     p = load_profile("micro")
     enc, info = pretrained_teacher(p, device="cpu", root=tmp_path)
     assert isinstance(enc, InputNorm) and info["n_pretrain"] == p.transfer_size + p.gallery_size
-    data = kd_datasets(p, 0)
-    mean, std = pool_stats(torch.utils.data.ConcatDataset([data["generic"], data["gallery"]]))
+    from vfm_transfer.data import make_pretrain_pool
+    pool = make_pretrain_pool(p) if info["source"] == "supervised on the disjoint pool" else \
+        torch.utils.data.ConcatDataset([kd_datasets(p, 0)["generic"], kd_datasets(p, 0)["gallery"]])
+    mean, std = pool_stats(pool)
     assert torch.allclose(enc.mean.flatten(), mean) and torch.allclose(enc.std.flatten(), std)
     assert 0.0 <= info["target_val_accuracy"] <= 1.0 and len(info["pretrain_loss"]) == p.teacher_pretrain_epochs
+    assert 0.0 <= info["target_probe_accuracy"] <= 1.0 and 0.0 <= info["random_init_probe_accuracy"] <= 1.0
+    assert info["chance"] == 1 / p.n_classes_2d and info["probe_n_test"] == p.n_test_2d
     again, info2 = pretrained_teacher(p, device="cpu", root=tmp_path)  # read from the cache, statistics included
     sd1, sd2 = enc.state_dict(), again.state_dict()
     assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
@@ -254,3 +258,104 @@ def test_teacher_checkpoints_are_epochs_of_one_run(tmp_path):
     assert not torch.equal(w(short), w(e1))
     with pytest.raises(ConfigError, match=r"keeps checkpoints at epochs \[1, 2, 4\]"):
         pretrained_teacher(p, device="cpu", root=tmp_path, at_epoch=3)
+
+
+# --- evaluation against a hand count; the teacher's pool; the controls; findings ----------------------------------
+
+class _Const(torch.nn.Module):
+    "Predicts class 1 for every image (classification) or pixel (segmentation)."
+    def __init__(self, task, C):
+        super().__init__()
+        self.task, self.num_classes = task, C
+    def forward(self, x):
+        shape = (x.shape[0], self.num_classes) + (tuple(x.shape[-2:]) if self.task == "segmentation" else ())
+        return torch.zeros(shape).index_fill_(1, torch.tensor([1]), 1.0)
+
+
+class _Items(Dataset):
+    def __init__(self, items): self.items = items
+    def __len__(self): return len(self.items)
+    def __getitem__(self, i): return self.items[i]
+
+
+def test_evaluate_2d_equals_a_hand_count():
+    img = torch.zeros(3, 4, 4)
+    labels = [0, 1, 1, 2, 1]
+    m = evaluate_2d(_Const("classification", 3), _Items([{"image": img, "label": torch.tensor(c)} for c in labels]),
+                    batch_size=2, device="cpu")
+    assert m["correct"] == [0, 1, 1, 0, 1] and m["accuracy"] == 3 / 5
+    # two 4x4 masks, prediction 1 everywhere; counts by hand per class over both images:
+    # mask A: 6 pixels of 0, 10 of 1; mask B: 8 of 0, 4 of 1, 4 of 2
+    a = torch.tensor([0] * 6 + [1] * 10).reshape(4, 4)
+    b = torch.tensor([0] * 8 + [1] * 4 + [2] * 4).reshape(4, 4)
+    ms = evaluate_2d(_Const("segmentation", 3), _Items([{"image": img, "mask": a}, {"image": img, "mask": b}]), device="cpu")
+    # class 0: TP 0, union 14 -> 0; class 1: TP 14, union 32 -> 14/32; class 2: TP 0, union 4 -> 0
+    assert math.isclose(ms["miou"], (14 / 32) / 3) and math.isclose(ms["pixel_accuracy"], 14 / 32)
+    # per image: A has {0, 1}: 0 and 10/16 -> 5/16; B has {0, 1, 2}: 0, 4/16, 0 -> 1/12
+    assert np.allclose(ms["per_image_iou"], [5 / 16, 1 / 12])
+
+
+def test_pretraining_pool_is_disjoint_from_every_target_and_transfer_image():
+    from vfm_transfer.data import make_kd_datasets, make_pretrain_pool
+    p = load_profile("micro")
+    pool = make_pretrain_pool(p)
+    assert len(pool) == p.transfer_size + p.gallery_size and bool((pool.domains > 0).all())  # never the target domain
+    pooled = {pool[i]["image"].numpy().tobytes() for i in range(len(pool))}
+    for seed in (0, 1):
+        kd = make_kd_datasets(p, seed)
+        assert torch.equal(kd["pretrain"][0]["image"], pool[0]["image"])  # one pool for every seed
+        for name in ("val", "test", "in_domain", "generic", "gallery"):
+            for i in range(len(kd[name])):
+                assert kd[name][i]["image"].numpy().tobytes() not in pooled, (seed, name, i)
+        lab = kd["labeled"][max(p.labels_per_class)]
+        assert not any(lab[i]["image"].numpy().tobytes() in pooled for i in range(len(lab)))
+
+
+def test_disjoint_pool_is_what_the_teacher_trains_on(tmp_path):
+    from vfm_transfer.distill import pretrained_teacher
+    p = load_profile("micro")
+    enc, info = pretrained_teacher(p, device="cpu", root=tmp_path, pool="disjoint")
+    assert info["source"] == "supervised on the disjoint pool" and info["n_pretrain"] == p.transfer_size + p.gallery_size
+    with pytest.raises(ConfigError, match="unknown pool"):
+        pretrained_teacher(p, device="cpu", root=tmp_path, pool="target")
+
+
+def test_controls_random_teacher_and_step_matched_scratch(tmp_path):
+    kw = dict(labels_per_class=2, profile="micro", device="cpu", root=tmp_path)
+    task = run_kd("task", "in_domain", **kw)
+    rnd = run_kd("task_random_teacher", "in_domain", **kw)
+    matched = run_kd("scratch_matched", "in_domain", **kw)
+    scratch = run_kd("scratch", **kw)
+    assert rnd["flops"]["teacher_pretrain"] == 0 < task["flops"]["teacher_pretrain"]
+    assert rnd["teacher_source"].startswith("random init") and rnd["kd_loss"]
+    assert task["test_key"] == rnd["test_key"] == matched["test_key"] == scratch["test_key"]
+    # step-matched: distillation + fine-tuning steps of task KD, rounded up to whole epochs over the labels
+    per_epoch = math.ceil(task["n_labeled"] / 32)
+    assert task["student_steps"] <= matched["student_steps"] < task["student_steps"] + per_epoch
+    assert matched["matched_steps"] == task["student_steps"] and scratch["student_steps"] < task["student_steps"]
+    assert matched["flops"]["student_pretraining"] == 0 and matched["kd_loss"] == []
+    assert matched["flops"]["student_finetune"] > scratch["flops"]["student_finetune"]
+
+
+def test_stage_a_steps_grow_with_the_budget_and_the_best_val_epoch_is_kept(tmp_path):
+    kw = dict(profile="micro", device="cpu", root=tmp_path)
+    small, large = (run_kd("task", "in_domain", labels_per_class=k, **kw) for k in load_profile("micro").labels_per_class)
+    assert len(small["finetune_loss"]) == len(large["finetune_loss"])  # the same epochs, so more steps for more labels
+    assert large["flops"]["teacher_finetune"] > small["flops"]["teacher_finetune"]
+    for r in (small, large):
+        sel = r["teacher_selection"]
+        assert sel["best_val"] == max(v for _, v in sel["val_curve"]) and sel["n_val"] > 0
+
+
+def test_findings_from_runs_follow_the_schema(tmp_path):
+    from vfm_transfer.distill import compare_runs, metric_ci
+    from vfm_transfer.stats import check_findings
+    kw = dict(labels_per_class=2, profile="micro", device="cpu", root=tmp_path)
+    task = [run_kd("task", "in_domain", seed=s, **kw) for s in (0, 1)]
+    scratch = [run_kd("scratch", seed=s, **kw) for s in (0, 1)]
+    f = compare_runs("task KD beats scratch", task, scratch)
+    assert check_findings([f]) == [f] and f["n_seeds"] == 2 and f["n_test"] == load_profile("micro").n_test_2d
+    manual = 100 * np.mean([t["accuracy"] - s["accuracy"] for t, s in zip(task, scratch)])
+    assert math.isclose(f["effect"], manual, abs_tol=1e-9)
+    ci = metric_ci(task, "teacher")
+    assert ci["lo"] <= ci["mean"] <= ci["hi"] and ci["n_seeds"] == 2

@@ -25,16 +25,18 @@ from monai.transforms import NormalizeIntensity, Orientation, ResizeWithPadOrCro
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from .core import ConfigError, DataError, Profile, VFMTransferError, atomic_write_text, check_choice, load_profile
+from .core import (TASK_SPECS, TASKS, ConfigError, DataError, Profile, VFMTransferError, atomic_write_text,
+                               check_choice, load_profile)
 
 # %% auto #0
-__all__ = ['CHANNELS', 'CS_RADIUS', 'CS_CONTRAST', 'FOV_MM', 'TASKS', 'TASK_SPECS', 'SPLITS', 'SHAPES_2D', 'DOMAINS_2D',
-           'N_DOMAINS_2D', 'GALLERY_TARGET_FRACTION', 'NIFTI_SUFFIXES', 'MANIFEST_COLUMNS', 'MASK_COLUMNS',
-           'DEFAULT_SPACING', 'IMAGE_SUFFIXES', 'zscore_nonzero', 'denormalize', 'synthetic_affine', 'is_significant',
-           'generate_case', 'SyntheticProstate', 'through_plane_degrade', 'epi_displacement', 'apply_displacement',
-           'TaskDataset', 'make_task_dataset', 'unlabeled_dataset', 'render_2d', 'SyntheticImages2D',
-           'make_kd_datasets', 'load_volume', 'save_volume', 'ProstateManifest', 'write_synthetic_manifest',
-           'ImageFolderDataset', 'image_folder_kd_datasets', 'item_image', 'dataset_key']
+__all__ = ['CHANNELS', 'CS_RADIUS', 'CS_CONTRAST', 'FOV_MM', 'SPLITS', 'SHAPES_2D', 'DOMAINS_2D', 'N_DOMAINS_2D',
+           'GALLERY_TARGET_FRACTION', 'PRETRAIN_START', 'PRETRAIN_SEED', 'NIFTI_SUFFIXES', 'MANIFEST_COLUMNS',
+           'MASK_COLUMNS', 'DEFAULT_SPACING', 'IMAGE_SUFFIXES', 'zscore_nonzero', 'denormalize', 'synthetic_affine',
+           'is_significant', 'generate_case', 'SyntheticProstate', 'through_plane_degrade', 'epi_displacement',
+           'apply_displacement', 'TaskDataset', 'make_task_dataset', 'unlabeled_dataset', 'render_2d',
+           'SyntheticImages2D', 'make_pretrain_pool', 'make_kd_datasets', 'load_volume', 'save_volume',
+           'ProstateManifest', 'write_synthetic_manifest', 'ImageFolderDataset', 'image_folder_kd_datasets',
+           'item_image', 'dataset_key']
 
 # %% ../nbs/01_data.ipynb #60faf93f
 CHANNELS = ("t2w", "dwi", "adc")  # ProFound's channel order
@@ -231,15 +233,6 @@ class SyntheticProstate(Dataset):
         return (self._cache.get(i) or self._generate(i))["lesions"]
 
 # %% ../nbs/01_data.ipynb #2657aec1
-TASKS = ("classification", "segmentation", "super_resolution", "distortion_correction", "synthesis")
-
-TASK_SPECS: dict[str, dict] = {
-    "classification": dict(kind="classification", out_channels=2, metrics=("auc", "accuracy"), main_metric="auc", higher_is_better=True),
-    "segmentation": dict(kind="segmentation", out_channels=3, metrics=("dice", "dice_gland", "dice_lesion"), main_metric="dice", higher_is_better=True),
-    "super_resolution": dict(kind="restoration", out_channels=3, metrics=("psnr", "ssim"), main_metric="psnr", higher_is_better=True),
-    "distortion_correction": dict(kind="restoration", out_channels=2, metrics=("psnr", "ssim"), main_metric="psnr", higher_is_better=True),
-    "synthesis": dict(kind="restoration", out_channels=1, metrics=("psnr", "ssim"), main_metric="psnr", higher_is_better=True),
-}
 SPLITS = ("train", "val", "test")
 
 # %% ../nbs/01_data.ipynb #580ee725
@@ -467,12 +460,26 @@ class SyntheticImages2D(Dataset):
 
 # %% ../nbs/01_data.ipynb #be95c763
 GALLERY_TARGET_FRACTION = 0.15
+PRETRAIN_START = 10**9  # first index of the teacher's pretraining pool: above every other pool's range
+PRETRAIN_SEED = 2**20 + 7  # the pool's image seed, fixed: the same "foundation model" data for every experiment seed
+
+def make_pretrain_pool(profile: str | Profile = "tiny", # img2d_size, n_classes_2d, teacher_pool_size (or transfer_size + gallery_size)
+                      segmentation: bool = False,
+                     ) -> SyntheticImages2D:
+    "The teacher's labelled pretraining pool: other-domain images disjoint from every target, transfer and gallery image."
+    p = load_profile(profile)
+    n = int(p.get("teacher_pool_size") or int(p.transfer_size) + int(p.gallery_size))
+    if n < 1: raise ConfigError(f"teacher_pool_size must be >= 1, got {n}")
+    doms = np.random.default_rng([PRETRAIN_SEED, 2025]).integers(1, N_DOMAINS_2D, n)  # never domain 0 (the target)
+    return SyntheticImages2D(n, size=p.img2d_size, n_classes=p.n_classes_2d, domain=doms, seed=PRETRAIN_SEED,
+                             start=PRETRAIN_START, segmentation=segmentation)
+
 
 def make_kd_datasets(profile: str | Profile = "tiny", # img2d_size, n_classes_2d, labels_per_class, n_test_2d, transfer_size, gallery_size
                      seed: int = 0, # fixes every pool
                      segmentation: bool = False, # items also carry `mask`
                     ) -> dict:
-    "The pools of the 2-D distillation experiments: labeled {k: ds}, val, test, in_domain, generic, gallery, n_classes."
+    "The pools of the 2-D distillation experiments: labeled {k: ds}, val, test, in_domain, generic, gallery, pretrain, n_classes."
     from torch.utils.data import Subset
     p = load_profile(profile)
     if p.get("image_root"): return image_folder_kd_datasets(p, seed, segmentation)  # real images (defined below)
@@ -493,6 +500,7 @@ def make_kd_datasets(profile: str | Profile = "tiny", # img2d_size, n_classes_2d
     out["gallery"] = SyntheticImages2D(len(gal), domain=gal, start=start, **kw)
     pool = out.pop("labeled")
     out["labeled"] = {k: Subset(pool, range(k * C)) for k in ks}  # first k*C items: exactly k per class
+    out["pretrain"] = make_pretrain_pool(p, segmentation)
     out["n_classes"] = C
     return out
 

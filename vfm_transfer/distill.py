@@ -27,20 +27,22 @@ from torchvision.transforms.v2 import functional as TF
 from .core import (CheckpointError, ConfigError, DataError, Profile, atomic_torch_save, atomic_write_json,
                                cache_dir, check_choice, claim, config_hash, load_profile, progress, result_fields, run_key,
                                set_seed)
-from .data import dataset_key, make_kd_datasets
+from . import stats
+from .data import dataset_key, make_kd_datasets, make_pretrain_pool
 from .encoders import (build_teacher_2d, dinov2_config_from_state_dict, load_pretrained, safe_load,
                                    teacher_conflict)
 from .retrieval import build_transfer_set
 from .train import Recipe, fit, param_groups, resolve_device
 
 # %% auto #0
-__all__ = ['TASKS_2D', 'STUDENTS', 'TEACHER_ARCH', 'OUTPUTS', 'FEATURE_LOSSES', 'PRETRAIN_POOLS', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'TEACHER_RECIPE', 'APPROACHES', 'STAGE_A_RECIPE', 'TRANSFERS', 'ImageTaskModel', 'seg_head', 'build_student',
-           'teacher_from_backbone', 'build_teacher', 'InputNorm', 'kd_loss', 'view_params', 'make_view', 'state_sha',
-           'TeacherCache', 'train_supervised', 'evaluate_2d', 'finetune_teacher', 'finetune_student', 'distill_task',
-           'feature_loss', 'ProjectedFeatures', 'distill_features', 'count_flops', 'stage_flops', 'kd_datasets',
-           'pool_stats', 'teacher_checkpoints', 'dinov2_teacher', 'pretrained_teacher', 'labeled_epochs',
-           'kd_run_config', 'kd_run_dir', 'run_kd']
+__all__ = ['TASKS_2D', 'STUDENTS', 'TEACHER_ARCH', 'OUTPUTS', 'FEATURE_LOSSES', 'PRETRAIN_POOLS', 'TEACHER_SEED', 'IMAGENET_MEAN',
+           'IMAGENET_STD', 'TEACHER_RECIPE', 'APPROACHES', 'KD_RUN_VERSION', 'STAGE_A_RECIPE', 'TRANSFERS', 'WHICH',
+           'ImageTaskModel', 'seg_head', 'build_student', 'teacher_from_backbone', 'build_teacher', 'InputNorm',
+           'kd_loss', 'view_params', 'make_view', 'state_sha', 'TeacherCache', 'train_supervised', 'evaluate_2d',
+           'eval_epochs', 'finetune_teacher', 'finetune_student', 'distill_task', 'feature_loss', 'ProjectedFeatures',
+           'distill_features', 'count_flops', 'stage_flops', 'kd_datasets', 'linear_probe', 'pool_stats',
+           'teacher_checkpoints', 'dinov2_teacher', 'pretrained_teacher', 'untrained_teacher', 'labeled_epochs',
+           'kd_run_config', 'kd_run_dir', 'run_kd', 'per_image', 'metric_ci', 'seed_effects', 'compare_runs']
 
 # %% ../nbs/07_distill.ipynb #a1ccd662
 TASKS_2D = {"classification", "segmentation"}
@@ -489,25 +491,36 @@ def train_supervised(model: ImageTaskModel, # teacher or student with its head
     return {"loss": [r["train_loss"] for r in h.rows], "steps": epochs * steps, "resumed_from": h.meta["resumed_from"]}
 
 # %% ../nbs/07_distill.ipynb #e9aa4de0
+def _image_iou(conf: torch.Tensor) -> float:
+    "Mean IoU over the classes present (in target or prediction) of one image's confusion matrix."
+    inter, union = conf.diag().double(), (conf.sum(0) + conf.sum(1) - conf.diag()).double()
+    present = union > 0
+    return float((inter[present] / union[present]).mean())
+
 @torch.no_grad()
 def evaluate_2d(model: ImageTaskModel, ds: Dataset, batch_size: int = 64, device: str = "auto") -> dict:
-    "Test metrics: {'accuracy'} for classification, {'miou', 'pixel_accuracy'} for segmentation."
+    "Test metrics: {'accuracy', 'correct'} for classification, {'miou', 'pixel_accuracy', 'per_image_iou'} for segmentation."
     device = resolve_device(device)
     model.to(device).eval()
     C = model.num_classes
     conf = torch.zeros(C, C, dtype=torch.long)
+    per_image = []
     for b in _batches(len(ds), batch_size, None):
         items = [ds[int(i)] for i in b]
         x = torch.stack([it["image"].float() for it in items]).to(device)
         y = torch.stack([_target(it, model.task) for it in items])
         p = model(x).argmax(1).cpu()
         if y.max() >= C: raise DataError(f"test labels go up to {int(y.max())}, the model has {C} classes")
-        conf += torch.bincount((y * C + p).reshape(-1), minlength=C * C).reshape(C, C)
-    acc = float(conf.diag().sum() / conf.sum())
-    if model.task == "classification": return {"accuracy": acc}
-    inter, union = conf.diag().float(), (conf.sum(0) + conf.sum(1) - conf.diag()).float()
+        codes = (y * C + p).reshape(len(b), -1)
+        conf += torch.bincount(codes.reshape(-1), minlength=C * C).reshape(C, C)
+        if model.task == "classification": per_image += (p == y).long().tolist()
+        else: per_image += [_image_iou(torch.bincount(c, minlength=C * C).reshape(C, C)) for c in codes]
+    acc = conf.diag().sum().item() / conf.sum().item()  # exact in float64: the mean of the per-image scores
+    if model.task == "classification": return {"accuracy": acc, "correct": per_image}
+    inter, union = conf.diag().double(), (conf.sum(0) + conf.sum(1) - conf.diag()).double()
     present = union > 0
-    return {"miou": float((inter[present] / union[present]).mean()), "pixel_accuracy": acc}
+    return {"miou": float((inter[present] / union[present]).mean()), "pixel_accuracy": acc, "per_image_iou": per_image}
+
 
 # %% ../nbs/07_distill.ipynb #bbef76cb
 def _check_classes(model: ImageTaskModel, ds: Dataset, task: str, role: str):
@@ -519,6 +532,35 @@ def _check_classes(model: ImageTaskModel, ds: Dataset, task: str, role: str):
 def _sub(ckpt_dir, name):
     return Path(ckpt_dir) / name if ckpt_dir is not None else None
 
+def eval_epochs(epochs: int, every: int) -> list[int]:
+    "The epochs at which a run of `epochs` is scored on validation: every `every`-th and the last."
+    return sorted(set(range(every, epochs + 1, every)) | {epochs})
+
+class _BestOnVal:
+    "Stage (a)'s on-epoch hook: score the model on `val_ds` at `eval_epochs`; keep (and save) the best weights."
+    def __init__(self, model, val_ds, epochs: int, every: int, folder, device):
+        self.model, self.val_ds, self.device = model, val_ds, device
+        self.when, self.key = eval_epochs(epochs, every), "miou" if model.task == "segmentation" else "accuracy"
+        self.folder, self.state = Path(folder) if folder is not None else None, None
+        self.best = dict(epoch=0, value=None, curve=[])
+        if self.folder is not None and (self.folder / "best.json").exists():  # a resumed run continues its choice
+            self.best = json.loads((self.folder / "best.json").read_text())
+    def __call__(self, epoch: int):
+        if epoch not in self.when: return
+        v = evaluate_2d(self.model, self.val_ds, device=self.device)[self.key]
+        self.best["curve"] = [c for c in self.best["curve"] if c[0] < epoch] + [[epoch, v]]
+        if self.best["value"] is None or v > self.best["value"]:
+            self.best.update(epoch=epoch, value=v)
+            self.state = {k: t.detach().cpu().clone() for k, t in self.model.state_dict().items()}
+            if self.folder is not None: atomic_torch_save(self.state, self.folder / "best.pt")
+        if self.folder is not None: atomic_write_json(self.folder / "best.json", self.best)
+    def finish(self) -> dict:
+        if self.state is None and self.folder is not None and (self.folder / "best.pt").exists():
+            self.state = torch.load(self.folder / "best.pt", map_location="cpu", weights_only=True)
+        if self.state is not None: self.model.load_state_dict(self.state)
+        return dict(val_curve=self.best["curve"], best_epoch=self.best["epoch"], best_val=self.best["value"],
+                    val_metric=self.key, n_val=len(self.val_ds), val_evals=len(self.when))
+
 def finetune_teacher(teacher: ImageTaskModel, # backbone + task head
                      labeled_ds: Dataset, # the few labelled target images
                      task: str = "classification",
@@ -527,9 +569,11 @@ def finetune_teacher(teacher: ImageTaskModel, # backbone + task head
                      probe_epochs: int = 0, # first train the head alone on the frozen backbone for this many epochs
                      probe_lr: float | None = None, # learning rate of the probe (default 10 × lr)
                      ckpt_dir: str | Path | None = None, # checkpoints of the probe and the fine-tune go in subfolders
+                     val_ds: Dataset | None = None, # keep the weights that score best on this (target-domain validation)
+                     eval_every: int = 1, # score on `val_ds` every this many epochs (and at the last)
                      **kwargs, # to `train_supervised`
                     ) -> dict:
-    "Stage (a): fine-tune the teacher and its task head on the labels (optionally linear probe first)."
+    "Stage (a): fine-tune the teacher and its task head on the labels (optionally linear probe first, optionally the best epoch on validation)."
     _check_classes(teacher, labeled_ds, task, "teacher")
     if probe_epochs < 0: raise ConfigError(f"probe_epochs must be >= 0, got {probe_epochs}")
     probe = {"loss": [], "steps": 0, "resumed_from": 0}
@@ -542,8 +586,12 @@ def finetune_teacher(teacher: ImageTaskModel, # backbone + task head
                                      **{**kwargs, "weight_decay": 1e-4})
         finally:
             for p in frozen: p.requires_grad_(True)
+    if eval_every < 1: raise ConfigError(f"eval_every must be >= 1, got {eval_every}")
+    select = (_BestOnVal(teacher, val_ds, epochs, eval_every, _sub(ckpt_dir, "select"), kwargs.get("device", "auto"))
+              if val_ds is not None else None)
     h = train_supervised(teacher, labeled_ds, epochs=epochs, lr=lr, lr_scale={"backbone.": backbone_lr_scale},
-                         ckpt_dir=_sub(ckpt_dir, "finetune"), desc="teacher fine-tune", **kwargs)
+                         ckpt_dir=_sub(ckpt_dir, "finetune"), desc="teacher fine-tune", on_epoch=select, **kwargs)
+    if select is not None: h["selection"] = select.finish(); teacher.eval()
     h["probe_loss"] = probe["loss"]; h["steps"] += probe["steps"]
     h["resumed_from"] = max(h["resumed_from"], probe["resumed_from"])
     return h
@@ -715,13 +763,15 @@ def stage_flops(teacher_flops: Mapping, # count_flops(teacher, (1, C, H, W))
                 n_pretrain: int = 0, pretrain_epochs: int = 0,
                 distill_teacher: bool = True, # False for scratch students (no stage b)
                 teacher_probe_epochs: int = 0, # linear-probe epochs of stage (a): a teacher forward per image
+                teacher_eval_images: int = 0, # stage (a)'s validation forwards (images x evaluations)
                ) -> dict:
     "FLOPs per stage of a KD run from per-image costs and the epochs that ran; includes 'student_pretraining' and 'total'."
     tf, sf = teacher_flops, student_flops
     t_out = (n_transfer * (n_views if cached else kd_epochs) * tf["forward"]) if distill_teacher else 0
     out = dict(teacher_pretrain=n_pretrain * pretrain_epochs * tf["total"],
                # the probe's backward stops at the head, a negligible cost next to the backbone's forward
-               teacher_finetune=n_labeled * (teacher_epochs * tf["total"] + teacher_probe_epochs * tf["forward"]),
+               teacher_finetune=n_labeled * (teacher_epochs * tf["total"] + teacher_probe_epochs * tf["forward"])
+                                + teacher_eval_images * tf["forward"],
                teacher_outputs=t_out,
                student_distill=n_transfer * kd_epochs * sf["total"] if distill_teacher else 0,
                student_finetune=n_labeled * student_epochs * sf["total"])
@@ -746,7 +796,47 @@ def _load_into(model: nn.Module, path: Path):
     except Exception as e:
         raise CheckpointError(f"cannot load cached weights {path}: {e}") from e
 
-PRETRAIN_POOLS = {"generic", "generic+gallery"}
+PRETRAIN_POOLS = {"disjoint", "generic", "generic+gallery"}  # "disjoint" is the default; the others leak (see above)
+TEACHER_SEED = 0  # the in-run teacher's pretraining seed: one "foundation model" for every seed of an experiment
+
+@torch.no_grad()
+def _pooled_set(encoder: nn.Module, ds: Dataset, device, batch_size: int = 256):
+    "Pooled encoder features (float64) and class labels of every item of `ds`."
+    feats, labels = [], []
+    for b in _batches(len(ds), batch_size, None):
+        items = [ds[int(i)] for i in b]
+        feats.append(_vit_pooled(encoder, torch.stack([it["image"].float() for it in items]).to(device)).double().cpu())
+        labels.append(torch.stack([_target(it, "classification") for it in items]))
+    return torch.cat(feats), torch.cat(labels)
+
+def linear_probe(encoder: nn.Module, # an encoder with forward_features / forward_head (e.g. `InputNorm`), frozen
+                 train_ds: Dataset, # labelled items: the probe is fitted on these
+                 test_ds: Dataset, # labelled items: the probe is scored on these
+                 num_classes: int | None = None, # default: from the labels
+                 l2: float = 1e-3, # weight of the L2 penalty on the probe's weights (features standardised)
+                 device: str = "auto",
+                ) -> dict:
+    "Logistic-regression probe on frozen pooled features (full-batch L-BFGS): {'accuracy', 'correct', 'n_train'}."
+    dev = resolve_device(device)
+    was = encoder.training
+    encoder.to(dev).eval()
+    try: (xtr, ytr), (xte, yte) = _pooled_set(encoder, train_ds, dev), _pooled_set(encoder, test_ds, dev)
+    finally: encoder.train(was)
+    C = int(num_classes or max(int(ytr.max()), int(yte.max())) + 1)
+    mu, sd = xtr.mean(0), xtr.std(0, unbiased=False).clamp_min(1e-6)
+    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    W = torch.zeros(xtr.shape[1], C, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(C, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=500, line_search_fn="strong_wolfe")
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(xtr @ W + b, ytr) + l2 * W.pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    with torch.no_grad(): correct = ((xte @ W + b).argmax(1) == yte).long()
+    return {"accuracy": float(correct.double().mean()), "correct": correct.tolist(), "n_train": int(len(ytr))}
+
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # DINOv2's input normalisation
@@ -790,7 +880,7 @@ def pretrained_teacher(profile: str | Mapping = "tiny", # a profile name, a mapp
                        seed: int = 0,
                        device: str = "auto",
                        root: str | Path | None = None, # cache root
-                       pool: str | None = None, # labelled pretraining pool, "generic" or "generic+gallery" (default profile.teacher_pool)
+                       pool: str | None = None, # labelled pretraining pool: "disjoint" (default), "generic" or "generic+gallery"
                        lr: float | None = None, # pretraining learning rate (default profile.teacher_lr)
                        epochs: int | None = None, # pretraining epochs (default profile.teacher_pretrain_epochs)
                        at_epoch: int | None = None, # an intermediate checkpoint of the same run (one of `teacher_checkpoints(epochs)`)
@@ -810,7 +900,7 @@ def pretrained_teacher(profile: str | Mapping = "tiny", # a profile name, a mapp
     if p.get("image_root"):
         raise ConfigError("with image folders the teacher is a DINOv2 checkpoint: set dinov2_ckpt (the gallery has no "
                           "labels to pretrain a teacher on)")
-    pool = pool or p.get("teacher_pool", "generic")
+    pool = pool or p.get("teacher_pool") or "disjoint"
     lr = float(lr if lr is not None else p.get("teacher_lr", 3e-4))
     epochs = int(epochs if epochs is not None else p.teacher_pretrain_epochs)
     check_choice(pool, PRETRAIN_POOLS, "pool")
@@ -820,10 +910,11 @@ def pretrained_teacher(profile: str | Mapping = "tiny", # a profile name, a mapp
         raise ConfigError(f"at_epoch={at_epoch}: a {epochs}-epoch teacher run keeps checkpoints at epochs {keep}")
     cfg = dict(stage="pretrain", teacher=p.teacher, arch=TEACHER_ARCH.get(p.teacher, {}), img=p.img2d_size,
                n_classes=p.n_classes_2d, seed=seed, pool=pool, transfer_size=p.transfer_size,
-               gallery_size=p.gallery_size, epochs=epochs, lr=lr, recipe=TEACHER_RECIPE, norm="pool", checkpoints=keep)
+               gallery_size=p.gallery_size, pool_size=p.get("teacher_pool_size"), epochs=epochs, lr=lr, recipe=TEACHER_RECIPE, norm="pool", checkpoints=keep)
     d = cache_dir(cfg, kind="teacher", root=root)
     data = kd_datasets(p, seed)
-    ds = data["generic"] if pool == "generic" else ConcatDataset([data["generic"], data["gallery"]])
+    ds = (make_pretrain_pool(p) if pool == "disjoint" else data["generic"] if pool == "generic"
+          else ConcatDataset([data["generic"], data["gallery"]]))
     info = {"source": f"supervised on the {pool} pool", "n_pretrain": len(ds), "epochs": epochs, "lr": lr}
     wanted = d / ("backbone.pt" if at_epoch in (None, epochs) else f"backbone_epoch{at_epoch}.pt")
     with claim(d):  # one process pretrains this teacher; the others wait here and load it
@@ -846,16 +937,57 @@ def pretrained_teacher(profile: str | Mapping = "tiny", # a profile name, a mapp
             atomic_write_json(d / "info.json", {k: v for k, v in info.items() if k != "source"})
             atomic_torch_save(enc.cpu().state_dict(), d / "backbone.pt")  # written last: it marks the cache complete
     if cached or wanted.name != "backbone.pt": _load_into(enc, wanted)  # a fresh run already holds the final weights
+    if "target_probe_accuracy" not in info:  # the probe of the final weights, once per cached teacher
+        final = enc if wanted.name == "backbone.pt" else InputNorm(
+            build_teacher_2d(p.teacher, num_classes=0, img_size=p.img2d_size, **TEACHER_ARCH.get(p.teacher, {})),
+            torch.zeros(vit.in_channels), torch.ones(vit.in_channels))
+        if final is not enc: _load_into(final, d / "backbone.pt")
+        info.update(_probe_info(p, final, seed, device))
+        with claim(d): atomic_write_json(d / "info.json", {k: v for k, v in info.items() if k != "source"})
+    if at_epoch is not None and at_epoch != epochs:  # the stored probe is of the final weights, not of this checkpoint
+        for k in ("target_probe_accuracy", "target_val_accuracy"): info.pop(k, None)
     if at_epoch is not None: info.update(epochs=at_epoch, source=f"{info['source']}, epoch {at_epoch} of {epochs}")
     return enc, info
 
+def _probe_info(p: Profile, encoder: nn.Module, seed: int, device) -> dict:
+    "The teacher's linear probe on the target task (largest labelled set -> test set), the untrained probe and chance."
+    data = kd_datasets(p, seed)
+    k = max(int(v) for v in p.labels_per_class)
+    probe = linear_probe(encoder, data["labeled"][k], data["test"], data["n_classes"], device=device)
+    set_seed(seed)
+    raw = InputNorm(build_teacher_2d(p.teacher, num_classes=0, img_size=p.img2d_size, **TEACHER_ARCH.get(p.teacher, {})),
+                    encoder.mean.flatten(), encoder.std.flatten())
+    rand = linear_probe(raw, data["labeled"][k], data["test"], data["n_classes"], device=device)
+    return dict(target_probe_accuracy=probe["accuracy"], random_init_probe_accuracy=rand["accuracy"],
+                chance=1 / data["n_classes"], probe_labels_per_class=k, probe_n_test=len(data["test"]))
+
+def untrained_teacher(profile: str | Mapping = "tiny", # a profile name, a mapping or a `core.Profile`
+                      seed: int = 0, # seed of the random weights
+                      device: str = "auto",
+                      root: str | Path | None = None, # cache root (of the pretrained teacher whose statistics it takes)
+                     ) -> tuple[InputNorm, dict]:
+    "The control teacher: the architecture and input normalisation of `pretrained_teacher`, random (seeded) weights."
+    p = load_profile(profile)
+    if p.get("dinov2_ckpt"):
+        set_seed(seed)
+        vit = dinov2_teacher(p.dinov2_ckpt, p.img2d_size, p.get("teacher"))  # the file's architecture, not its weights
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        ref, _ = pretrained_teacher(p, TEACHER_SEED, device, root)
+        mean, std = ref.mean.flatten(), ref.std.flatten()
+        set_seed(seed)
+        vit = build_teacher_2d(p.teacher, num_classes=0, img_size=p.img2d_size, **TEACHER_ARCH.get(p.teacher, {}))
+    return InputNorm(vit, mean, std), {"source": f"random init (seed {seed}), no pretraining", "n_pretrain": 0, "epochs": 0}
+
+
 # %% ../nbs/07_distill.ipynb #3ccecfbc
-APPROACHES = {"scratch", "feature", "task"}
+APPROACHES = {"scratch", "scratch_matched", "feature", "task", "task_random_teacher"}
+KD_RUN_VERSION = 2  # in every run's key: results of older code (no per-image scores) are not reused
 STAGE_A_RECIPE = dict(backbone_lr_scale=0.1)  # with a linear probe of as many epochs first (LP-FT)
 
 def labeled_epochs(profile: Profile, # uses finetune_epochs and (if present) kd_finetune_steps
                    n_labeled: int, batch_size: int) -> int:
-    "Epochs of stages (a) and (c): at least `finetune_epochs`, and at least `kd_finetune_steps` (default 100) steps."
+    "Epochs of stages (a) and (c) for `n_labeled` images (run_kd passes the smallest budget): >= `finetune_epochs`, >= `kd_finetune_steps` steps."
     steps = int(profile.get("kd_finetune_steps", 100))
     return max(int(profile.finetune_epochs), math.ceil(steps / math.ceil(n_labeled / batch_size)))
 TRANSFERS = {"generic", "in_domain", "retrieved"}
@@ -883,9 +1015,12 @@ def kd_run_config(approach: str = "task", transfer: str | Dataset = "in_domain",
     if isinstance(transfer, str): check_choice(transfer, TRANSFERS, "transfer")
     elif approach != "scratch": _check_transfer(transfer, "transfer")
     transfer_id = None if approach == "scratch" else transfer if isinstance(transfer, str) else dataset_key(transfer)
+    if approach == "scratch_matched" and n_neighbors is not None and transfer != "retrieved":
+        raise ConfigError("n_neighbors only applies to transfer='retrieved'")
     run_cfg = dict(stage="kd", approach=approach, transfer=transfer_id, k=labels_per_class, student=student,
                    profile=run_key(p, seed), task=task, feature_loss=feature_loss if approach == "feature" else None,
-                   n_neighbors=n_neighbors, batch_size=batch_size, pretrain_pool=pretrain_pool, teacher_epoch=teacher_epoch)
+                   n_neighbors=n_neighbors, batch_size=batch_size, pretrain_pool=pretrain_pool, teacher_epoch=teacher_epoch,
+                   version=KD_RUN_VERSION)
     return p, run_cfg
 
 def kd_run_dir(root: str | Path | None = None, # cache root
@@ -895,22 +1030,44 @@ def kd_run_dir(root: str | Path | None = None, # cache root
     kwargs.pop("device", None)  # where it runs does not name the run
     return cache_dir(kd_run_config(**kwargs)[1], kind="kd_runs", root=root)
 
-def run_kd(approach: str = "task", # "scratch", "feature" or "task"
+def _stage_a(p: Profile, vit: nn.Module, pre: dict, C: int, seg: bool, task: str, labeled: Dataset, val: Dataset,
+             k: int, seed: int, epochs: int, batch_size: int, device, root) -> tuple[ImageTaskModel, dict]:
+    "Stage (a), cached per (backbone, task, budget, seed): the teacher fine-tuned on the labels, best epoch on validation."
+    teacher = teacher_from_backbone(vit, C, seg, name=p.teacher)
+    every = max(1, math.ceil(epochs / 10))
+    cfg = dict(stage="finetune", pre=pre.get("source"), backbone=state_sha(vit), teacher=p.teacher, task=task,
+               k=k, seed=seed, profile=result_fields(p), recipe=STAGE_A_RECIPE, epochs=epochs,
+               select=dict(split="val", n=len(val), every=every))
+    d = cache_dir(cfg, kind="teacher", root=root)
+    with claim(d):  # one process fine-tunes this teacher; the others wait here and load it
+        if (d / "teacher.pt").exists():
+            _load_into(teacher, d / "teacher.pt")
+            sel = json.loads((d / "selection.json").read_text())
+        else:
+            h = finetune_teacher(teacher, labeled, task, epochs=epochs, lr=p.lr, seed=seed, device=device,
+                                 batch_size=batch_size, probe_epochs=epochs, ckpt_dir=d / "train", val_ds=val,
+                                 eval_every=every, **STAGE_A_RECIPE)
+            sel = h["selection"]
+            atomic_write_json(d / "selection.json", sel)
+            atomic_torch_save(teacher.cpu().state_dict(), d / "teacher.pt")  # written last: it marks the cache complete
+    return teacher, sel
+
+def run_kd(approach: str = "task", # one of APPROACHES: "scratch", "feature", "task", "task_random_teacher", "scratch_matched"
            transfer: str | Dataset = "in_domain", # "generic", "in_domain", "retrieved" or a dataset
            labels_per_class: int = 5, # one of profile.labels_per_class
            student: str = "student_tiny", # one of STUDENTS
            profile: str | Mapping = "tiny", # a profile name, a mapping or a `core.Profile`
-           seed: int = 0,
+           seed: int = 0, # the data (labelled, test, transfer sets), the student and every stage after pretraining
            task: str = "classification", # or "segmentation"
            feature_loss: str = "cosine", # baseline loss
            n_neighbors: int | None = None, # retrieval: images per query (default: profile.transfer_size in all)
            batch_size: int = 64,
            device: str = "auto",
            root: str | Path | None = None, # cache root
-           pretrain_pool: str | None = None, # the tiny teacher's pretraining pool (default profile.teacher_pool)
+           pretrain_pool: str | None = None, # the tiny teacher's pretraining pool (default profile.teacher_pool, else "disjoint")
            teacher_epoch: int | None = None, # use this intermediate checkpoint of the teacher's pretraining run
           ) -> dict:
-    "One KD experiment: teacher, transfer set, distillation, student fine-tuning; test metric, FLOPs and seconds."
+    "One KD experiment: teacher, transfer set, distillation, student fine-tuning; test metric (and per image), FLOPs, seconds."
     p, run_cfg = kd_run_config(approach, transfer, labels_per_class, student, profile, seed, task, feature_loss,
                                n_neighbors, batch_size, pretrain_pool, teacher_epoch)
     # the run's folder: a complete run is loaded, an interrupted one resumes its stage (b) or (c) checkpoint
@@ -921,35 +1078,34 @@ def run_kd(approach: str = "task", # "scratch", "feature" or "task"
         seg, t_start, secs = task == "segmentation", time.perf_counter(), {}
         data = kd_datasets(p, seed, seg)
         labeled, C = data["labeled"][labels_per_class], data["n_classes"] + (1 if seg else 0)
-        ft_epochs = labeled_epochs(p, len(labeled), min(batch_size, 32))
+        bs_c = min(batch_size, 32)  # stages (a) and (c): batches of the few labels
+        ft_epochs = labeled_epochs(p, min(int(k) for k in p.labels_per_class) * data["n_classes"], bs_c)
         t0 = time.perf_counter()
-        vit, pre = pretrained_teacher(p, seed, device, root, pool=pretrain_pool, at_epoch=teacher_epoch)
+        vit, pre = pretrained_teacher(p, TEACHER_SEED, device, root, pool=pretrain_pool, at_epoch=teacher_epoch)
+        if approach == "task_random_teacher": vit, pre = untrained_teacher(p, seed, device, root)
         secs["teacher_pretrain"] = time.perf_counter() - t0
         set_seed(seed)  # the student's and the heads' initial weights
         s = build_student(student, C, p.img2d_size, seg)
         size = (1, 3, p.img2d_size, p.img2d_size)
         tf, sf = count_flops(teacher_from_backbone(vit, C, seg), size), count_flops(s, size)
         res = dict(approach=approach, task=task, labels_per_class=labels_per_class, student=student, seed=seed,
-                   profile=p.get("name"), n_labeled=len(labeled), transfer=None, n_transfer=0)
+                   profile=p.get("name"), n_labeled=len(labeled), transfer=None, n_transfer=0,
+                   test_key=dataset_key(data["test"]), teacher_source=pre.get("source"))
         common = dict(seed=seed, device=device, batch_size=batch_size)
-        n_transfer, teacher_epochs, kd_hist = 0, 0, None
-        if approach != "scratch":
+        n_transfer, teacher_epochs, kd_hist, n_eval = 0, 0, None, 0
+        distills = approach in ("feature", "task", "task_random_teacher")
+        if distills or approach == "scratch_matched":
             ds, res["transfer"] = _transfer_set(transfer, data, labeled, p, seed, vit, n_neighbors, device, root)
             n_transfer = _check_transfer(ds)
+        if distills and not seg:  # what the (pre)trained features know of the target task, on this run's labels
+            res["teacher_probe"] = linear_probe(vit, labeled, data["test"], data["n_classes"], device=device)
+        if distills:
             t0 = time.perf_counter()
-            if approach == "task":
-                teacher = teacher_from_backbone(vit, C, seg, name=p.teacher)
-                cfg = dict(stage="finetune", pre=pre.get("source"), backbone=state_sha(vit), teacher=p.teacher, task=task,
-                           k=labels_per_class, seed=seed, profile=result_fields(p), recipe=STAGE_A_RECIPE, epochs=ft_epochs)
-                d = cache_dir(cfg, kind="teacher", root=root)
-                with claim(d):  # one process fine-tunes this teacher; the others wait here and load it
-                    if (d / "teacher.pt").exists(): _load_into(teacher, d / "teacher.pt")
-                    else:
-                        finetune_teacher(teacher, labeled, task, epochs=ft_epochs, lr=p.lr, seed=seed, device=device,
-                                         batch_size=min(batch_size, 32), probe_epochs=ft_epochs, ckpt_dir=d / "train",
-                                         **STAGE_A_RECIPE)
-                        atomic_torch_save(teacher.cpu().state_dict(), d / "teacher.pt")
+            if approach in ("task", "task_random_teacher"):
+                teacher, res["teacher_selection"] = _stage_a(p, vit, pre, C, seg, task, labeled, data["val"],
+                                                             labels_per_class, seed, ft_epochs, bs_c, device, root)
                 teacher_epochs = ft_epochs
+                n_eval = len(data["val"]) * res["teacher_selection"]["val_evals"]
                 res["teacher_test"] = evaluate_2d(teacher, data["test"], device=device)
                 secs["teacher_finetune"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
@@ -965,18 +1121,28 @@ def run_kd(approach: str = "task", # "scratch", "feature" or "task"
                 kd_hist = distill_features(teacher, s, ds, loss=feature_loss, epochs=p.kd_epochs, lr=p.lr, cache=cache,
                                            ckpt_dir=run_dir / "distill", **common)
             secs["distill"] = time.perf_counter() - t0
+        student_epochs = ft_epochs
+        if approach == "scratch_matched":  # as many steps as stage (b) on this transfer set plus stage (c)
+            per_epoch = _n_batches(len(labeled), bs_c)
+            target = p.kd_epochs * _n_batches(n_transfer, batch_size) + ft_epochs * per_epoch
+            student_epochs = math.ceil(target / per_epoch)
+            res["matched_steps"] = int(target)
         t0 = time.perf_counter()
-        ft = finetune_student(s, labeled, task, epochs=ft_epochs, lr=p.lr, seed=seed, device=device,
-                              batch_size=min(batch_size, 32), ckpt_dir=run_dir / "finetune")
+        ft = finetune_student(s, labeled, task, epochs=student_epochs, lr=p.lr, seed=seed, device=device,
+                              batch_size=bs_c, ckpt_dir=run_dir / "finetune")
         secs["student_finetune"] = time.perf_counter() - t0
         res.update(evaluate_2d(s, data["test"], device=device))
         res["metric"] = res["miou" if seg else "accuracy"]
-        res["n_transfer"] = n_transfer
-        # FLOPs of the epochs that ran: stage (a) is a probe and a fine-tune of `teacher_epochs` each, stage (c) `ft_epochs`
-        res["flops"] = stage_flops(tf, sf, n_transfer=n_transfer, n_views=p.n_views, kd_epochs=p.kd_epochs,
-                                   n_labeled=len(labeled), teacher_epochs=teacher_epochs, teacher_probe_epochs=teacher_epochs,
-                                   student_epochs=ft_epochs, n_pretrain=pre["n_pretrain"],
-                                   pretrain_epochs=pre["epochs"], distill_teacher=approach != "scratch")
+        res["n_transfer"] = n_transfer if distills or approach == "scratch_matched" else 0
+        res["student_steps"] = int((kd_hist["steps"] if kd_hist else 0) + ft["steps"])
+        res["finetune_epochs"] = int(student_epochs)
+        # FLOPs of the steps that ran: stage (a) is a probe and a fine-tune of `teacher_epochs` each plus its validation
+        # passes, stage (b) `kd_epochs` over the transfer set, stage (c) `student_epochs` over the labels
+        res["flops"] = stage_flops(tf, sf, n_transfer=n_transfer if distills else 0, n_views=p.n_views,
+                                   kd_epochs=p.kd_epochs, n_labeled=len(labeled), teacher_epochs=teacher_epochs,
+                                   teacher_probe_epochs=teacher_epochs, teacher_eval_images=n_eval,
+                                   student_epochs=student_epochs, n_pretrain=pre["n_pretrain"] if distills else 0,
+                                   pretrain_epochs=pre["epochs"], distill_teacher=distills)
         res["flops_per_image"] = {"teacher": tf, "student": sf}
         res["kd_loss"] = kd_hist["loss"] if kd_hist else []
         res["finetune_loss"] = ft["loss"]
@@ -984,3 +1150,69 @@ def run_kd(approach: str = "task", # "scratch", "feature" or "task"
         res["seconds"] = secs
         atomic_write_json(run_dir / "result.json", res)
         return res
+
+
+# %% ../nbs/07_distill.ipynb #62f27cf3
+WHICH = {"student": None, "teacher": "teacher_test", "probe": "teacher_probe"}
+
+def _scores(r: Mapping, which: str) -> list:
+    sub = r if WHICH[which] is None else r.get(WHICH[which])
+    key = "correct" if r.get("task", "classification") == "classification" else "per_image_iou"
+    if not isinstance(sub, Mapping) or key not in sub:
+        raise DataError(f"run {r.get('approach')}/{r.get('transfer')} seed {r.get('seed')} has no per-image {which} "
+                        f"scores ({key}); it comes from older code or its approach has no {which}")
+    return sub[key]
+
+def per_image(runs: Sequence[Mapping], # run_kd results: one or more per seed
+              which: str = "student", # "student", "teacher" (the fine-tuned teacher) or "probe" (its linear probe)
+             ) -> tuple[np.ndarray, list[int], list[str]]:
+    "(scores (n_seeds, n_test), seeds, test keys): per-image scores per seed, averaged over a seed's runs."
+    check_choice(which, WHICH, "which")
+    if not runs: raise DataError("no runs given")
+    seeds = sorted({int(r["seed"]) for r in runs})
+    rows, keys = [], []
+    for s in seeds:
+        mine = [r for r in runs if int(r["seed"]) == s]
+        tk = {r.get("test_key") for r in mine}
+        if len(tk) != 1: raise DataError(f"seed {s}: the runs were scored on {len(tk)} different test sets; they cannot be paired")
+        sc = [np.asarray(_scores(r, which), dtype=float) for r in mine]
+        if len({len(x) for x in sc}) != 1: raise DataError(f"seed {s}: the runs have different test-set sizes")
+        rows.append(np.mean(sc, axis=0)); keys.append(tk.pop())
+    if len({len(x) for x in rows}) != 1: raise DataError(f"the seeds' test sets differ in size: {[len(x) for x in rows]}")
+    return np.stack(rows), seeds, keys
+
+def _mean_stat(a, axis=-1): return np.mean(a, axis=axis)
+
+def metric_ci(runs: Sequence[Mapping], which: str = "student", n_boot: int = 2000, seed: int = 0) -> dict:
+    "Mean per-image test score (%) over seeds and test images, with its two-level bootstrap 95 % CI and counts."
+    g, seeds, _ = per_image(runs, which)
+    r = stats.bootstrap_ci(_mean_stat, (100 * g,), n_boot=n_boot, seed=seed, name="mean test score (%)")
+    lo, hi = r["ci"]
+    return dict(mean=r["effect"], lo=lo, hi=hi, half_width=(hi - lo) / 2, n_seeds=r["n_seeds"], n_test=r["n_test"])
+
+def _paired(a_runs, b_runs, which_a, which_b):
+    ga, sa, ka = per_image(a_runs, which_a)
+    gb, sb, kb = per_image(b_runs, which_b)
+    if sa != sb: raise DataError(f"the arms ran different seeds: {sa} and {sb}")
+    if ka != kb: raise DataError("the arms were scored on different test sets for the same seed: they cannot be paired")
+    return ga, gb
+
+def seed_effects(a_runs: Sequence[Mapping], b_runs: Sequence[Mapping], which_a: str = "student",
+                 which_b: str = "student") -> list[float]:
+    "Per-seed mean difference A - B in percentage points."
+    ga, gb = _paired(a_runs, b_runs, which_a, which_b)
+    return [float(v) for v in 100 * (ga - gb).mean(1)]
+
+def compare_runs(claim: str, # the claim in words, e.g. "task KD beats scratch"
+                 a_runs: Sequence[Mapping], # arm A's results (every seed)
+                 b_runs: Sequence[Mapping], # arm B's results (the same seeds and test sets)
+                 expected_sign: int = 1, # +1: the paper says A > B
+                 which_a: str = "student", which_b: str = "student", # "student", "teacher" or "probe"
+                 n_boot: int = 2000, seed: int = 0, # bootstrap resamples and generator seed
+                ) -> dict:
+    "A `stats.finding` record of A - B (percentage points), paired over seeds and test images, two-level bootstrap."
+    ga, gb = _paired(a_runs, b_runs, which_a, which_b)
+    r = stats.paired_bootstrap(100 * ga, 100 * gb, n_boot=n_boot, seed=seed)
+    unit = "accuracy" if a_runs[0].get("task", "classification") == "classification" else "per-image IoU"
+    return stats.finding(claim, r, expected_sign, test=f"test {unit} difference A - B in percentage points; {r['test']}")
+
