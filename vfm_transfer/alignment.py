@@ -18,8 +18,7 @@ from .core import ConfigError, DataError, check_choice
 
 # %% auto #0
 __all__ = ['ESTIMATORS', 'KERNELS', 'MULTI_SCALES', 'MEDIAN_MAX_POINTS', 'DEFAULT_CHUNK', 'MIN_CHUNK', 'FEATURE_KEYS',
-           'median_bandwidth', 'mmd2', 'mmd_permutation_test', 'linear_cka', 'feature_distances', 'correlate',
-           'correlation_finding']
+           'median_bandwidth', 'mmd2', 'mmd_permutation_test', 'linear_cka', 'feature_distances', 'correlate']
 
 # %% ../nbs/06_alignment.ipynb #ba2142c3
 ESTIMATORS = {"unbiased", "biased"}
@@ -410,20 +409,3 @@ def correlate(distance, # one distance per (model, task) pair, e.g. the D2P colu
         out[f"{k}_ci"] = (float(np.percentile(v, lo)), float(np.percentile(v, hi))) if v.size else (float("nan"),) * 2
         out[f"{k}_n_boot"] = int(v.size)
     return out
-
-# %% ../nbs/06_alignment.ipynb #a1c0d0e3
-def correlation_finding(claim: str, # the paper's claim, in words
-                        distance, # one distance per point (e.g. seed-averaged D2P per model x task)
-                        target, # the matching gains or convergence epochs
-                        expected_sign: int, # +1 or -1: the sign of rho the paper claims
-                        n_seeds: int, # seeds behind each point
-                        n_boot: int = 2000, seed: int = 0,
-                       ) -> dict:
-    "A `stats.finding` record of Spearman's rho(distance, target) with `correlate`'s bootstrap CI."
-    from vfm_transfer import stats as _stats
-    c = correlate(distance, target, n_boot=n_boot, seed=seed)
-    res = dict(effect=c["spearman_rho"], ci=c["spearman_ci"], n_seeds=int(n_seeds), n_test=c["n"],
-               test=f"Spearman rho over {c['n']} points (each the mean over {n_seeds} seeds), percentile bootstrap of "
-                    f"the points ({c['spearman_n_boot']} finite of {n_boot} resamples, {c['ci']:.0%} CI)")
-    return _stats.finding(claim, res, expected_sign)
-

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['DEVICES', 'PROFILES', 'CLAIM_FILE', 'BREAK_FILE', 'FOLLOWER', 'DEFAULT_PROFILE', 'FIGURES_ENV', 'PROGRESS_ENV',
-           'FINGERPRINTED', 'EXECUTION_FIELDS', 'VFMTransferError', 'ConfigError', 'DataError', 'CheckpointError',
-           'ClaimTimeout', 'check_choice', 'set_seed', 'get_device', 'Profile', 'load_profile', 'config_hash',
-           'cache_root', 'cache_dir', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save',
-           'Claim', 'read_claim', 'claim_is_stale', 'try_claim', 'release_claim', 'claim', 'sha256_file', 'save_figure',
-           'save_table', 'save_metrics', 'checkout_root', 'figures_root', 'default_out_dir', 'resolve_out_dir',
-           'git_commit', 'progress', 'Timer', 'result_fields', 'run_key']
+__all__ = ['DEVICES', 'PROFILES', 'TASKS', 'TASK_SPECS', 'CLAIM_FILE', 'BREAK_FILE', 'FOLLOWER', 'DEFAULT_PROFILE', 'FIGURES_ENV',
+           'PROGRESS_ENV', 'FINGERPRINTED', 'EXECUTION_FIELDS', 'VFMTransferError', 'ConfigError', 'DataError',
+           'CheckpointError', 'ClaimTimeout', 'check_choice', 'set_seed', 'get_device', 'Profile', 'load_profile',
+           'config_hash', 'cache_root', 'cache_dir', 'atomic_write', 'atomic_write_text', 'atomic_write_json',
+           'atomic_torch_save', 'Claim', 'read_claim', 'claim_is_stale', 'try_claim', 'release_claim', 'claim',
+           'sha256_file', 'save_figure', 'save_table', 'save_metrics', 'checkout_root', 'figures_root',
+           'default_out_dir', 'resolve_out_dir', 'git_commit', 'progress', 'Timer', 'result_fields', 'run_key']
 
 # %% ../nbs/00_core.ipynb #36fdaf72
 class VFMTransferError(Exception):
@@ -189,6 +189,17 @@ def load_profile(name: str | Mapping = "tiny", # a profile name (micro|tiny|smal
         raise ConfigError(f"unknown profile parameter(s) {unknown}; valid ones are {sorted(base)}")
     for k, v in overrides.items(): base[k] = _as_tuple(v, base[k])
     return Profile(base)
+
+# %% ../nbs/00_core.ipynb #64e6326f
+TASKS = ("classification", "segmentation", "super_resolution", "distortion_correction", "synthesis")
+
+TASK_SPECS: dict[str, dict] = {
+    "classification": dict(kind="classification", out_channels=2, metrics=("auc", "accuracy"), main_metric="auc", higher_is_better=True),
+    "segmentation": dict(kind="segmentation", out_channels=3, metrics=("dice", "dice_gland", "dice_lesion"), main_metric="dice", higher_is_better=True),
+    "super_resolution": dict(kind="restoration", out_channels=3, metrics=("psnr", "ssim"), main_metric="psnr", higher_is_better=True),
+    "distortion_correction": dict(kind="restoration", out_channels=2, metrics=("psnr", "ssim"), main_metric="psnr", higher_is_better=True),
+    "synthesis": dict(kind="restoration", out_channels=1, metrics=("psnr", "ssim"), main_metric="psnr", higher_is_better=True),
+}
 
 # %% ../nbs/00_core.ipynb #c1a2a337
 def _canonical(o):

@@ -26,7 +26,6 @@ from .core import (CheckpointError, ConfigError, DataError, Profile, atomic_torc
 from .data import TASK_SPECS, TASKS, make_task_dataset
 from .encoders import build_encoder, encoder_config, extract_features, load_pretrained
 from .heads import RESIDUAL_FROM, ResidualNet, build_head
-from . import stats
 from .pretrain import init_encoder_config, pretrained_encoder
 from .train import (History, Recipe, amp_dtype, dist_info, fit, gather_objects, higher_is_better,
                                 load_checkpoint, param_groups, resolve_device)
@@ -35,9 +34,8 @@ from .train import (History, Recipe, amp_dtype, dist_info, fit, gather_objects, 
 __all__ = ['MODES', 'RESTORATION_LOSSES', 'INITS', 'CONTROL_INITS', 'SYNTHETIC_MAIN_METRIC', 'RUN_OPTIONS', 'SCRATCH_INITS',
            'SEMANTIC_KINDS', 'task_spec', 'TaskModel', 'task_loss', 'sample_metrics', 'reduce_metrics', 'case_values',
            'finetune', 'evaluate', 'build_specialised', 'identity_baseline', 'load_test_cases', 'task_main_metric',
-           'run_finetune', 'transfer_inits', 'scratch_reference', 'gain', 'gain_table', 'transfer_runs',
-           'test_estimate', 'paired_estimate', 'run_frame', 'summary_table', 'learned_table', 'transfer_findings',
-           'seed_summary']
+           'run_finetune', 'transfer_inits', 'scratch_reference', 'gain', 'gain_table', 'transfer_runs', 'arm_estimate',
+           'paired_estimate', 'run_frame', 'summary_estimates', 'learned_table', 'transfer_claims']
 
 # %% ../nbs/05_finetune.ipynb #68fd52f2
 MODES = ("full", "frozen", "scratch")
@@ -523,8 +521,6 @@ def transfer_runs(profile: str | Mapping = "tiny", # a profile name or a `core.P
     runs = [(t, i) for t in TASKS for i in transfer_inits(profile)]
     return runs + [(t, c) for t in TASKS if TASK_SPECS[t]["kind"] == "restoration" for c in CONTROL_INITS]
 
-def _mean(a, axis=-1): return np.mean(a, axis=axis)
-
 def _arm(histories: Mapping, task: str, init: str) -> list[History]:
     "The runs of one arm, in seed order; `DataError` if none."
     hs = [h for (s, t, i), h in sorted(histories.items(), key=lambda kv: kv[0][0]) if t == task and i == init]
@@ -541,32 +537,27 @@ def _same_cases(a: Sequence[History], b: Sequence[History]):
     ids = lambda hs: [h.meta["test_cases"]["case_id"] for h in hs]
     if ids(a) != ids(b): raise DataError("a paired comparison needs the same seeds and test cases in both arms")
 
-def test_estimate(hs: Sequence[History], # one arm's runs (one per seed), per-case values in meta["test_cases"]
-                  n_boot: int = stats.DEFAULT_N_BOOT, seed: int = 0,
-                  part: str = "values", # "baseline": the identity baseline of these runs instead
-                 ) -> dict:
-    "Seed-averaged test main metric with a two-level bootstrap CI over seeds x test cases (AUC label-stratified)."
+def arm_estimate(hs: Sequence[History], # one arm's runs (one per seed), per-case values in meta["test_cases"]
+                 part: str = "values", # "baseline": the identity baseline of these runs instead
+                ) -> dict:
+    "The request for `stats.estimate` of an arm's seed-averaged test main metric (AUC: labels and scores)."
     metric = hs[0].main_metric
-    if metric == "auc":
-        r = stats.auc_bootstrap(_grid(hs, part, "label"), _grid(hs, part, "prob"), n_boot=n_boot, seed=seed)
-        return {**r, "effect": r["auc"], "ci": r["auc_ci"], "test": r["test"].replace("AUC - 1/2", "AUC")}
-    return stats.bootstrap_ci(_mean, [_grid(hs, part, metric)], n_boot=n_boot, seed=seed, name=f"mean {metric}")
+    if metric == "auc": return dict(kind="auc", y=_grid(hs, part, "label"), score=_grid(hs, part, "prob"))
+    return dict(kind="mean", x=_grid(hs, part, metric), name=f"mean {metric}")
 
 def paired_estimate(a: Sequence[History], # arm A's runs, one per seed
                     b: Sequence[History] | str, # arm B's runs on the same seeds and cases, or "identity": A's baseline
-                    n_boot: int = stats.DEFAULT_N_BOOT, seed: int = 0,
                    ) -> dict:
-    "A - B on the task's main metric, paired by seed and test case, with the two-level bootstrap CI."
+    "The request for `stats.estimate` of A - B on the task's main metric, paired by seed and test case."
     metric = a[0].main_metric
     if isinstance(b, str):
         if b != "identity": raise ConfigError(f"b must be runs or 'identity', got {b!r}")
-        return stats.paired_bootstrap(_grid(a, "values", metric), _grid(a, "baseline", metric), n_boot=n_boot, seed=seed)
+        return dict(kind="diff", a=_grid(a, "values", metric), b=_grid(a, "baseline", metric))
     _same_cases(a, b)
     if metric == "auc":
-        return stats.auc_bootstrap(_grid(a, "values", "label"), _grid(a, "values", "prob"), _grid(b, "values", "prob"),
-                                   n_boot=n_boot, seed=seed)
-    return stats.paired_bootstrap(_grid(a, "values", metric), _grid(b, "values", metric), n_boot=n_boot, seed=seed)
-
+        return dict(kind="auc_diff", y=_grid(a, "values", "label"), a=_grid(a, "values", "prob"),
+                    b=_grid(b, "values", "prob"))
+    return dict(kind="diff", a=_grid(a, "values", metric), b=_grid(b, "values", metric))
 
 # %% ../nbs/05_finetune.ipynb #c0a1b2e2
 def run_frame(histories: Mapping, # {(seed, task, init): History} from `run_finetune`
@@ -589,21 +580,18 @@ def run_frame(histories: Mapping, # {(seed, task, init): History} from `run_fine
     df["gain_db_over_identity"] = df.test_value - df.identity_value
     return df
 
-def summary_table(histories: Mapping, # {(seed, task, init): History}
-                  n_boot: int = stats.DEFAULT_N_BOOT, seed: int = 0,
-                 ) -> pd.DataFrame:
-    "Per task x model (restoration: plus the identity): test main metric mean, 95 % CI, half-width, n seeds and n cases."
-    rows = []
+def summary_estimates(histories: Mapping, # {(seed, task, init): History}
+                     ) -> list[dict]:
+    "Per task x model (restoration: plus the identity), the `stats.estimate_table` row: its keys and its request."
+    rows, seen = [], set()
     for task, init in dict.fromkeys((t, i) for _, t, i in sorted(histories)):
         hs = _arm(histories, task, init)
-        arms = [(init, "values")] + ([("identity", "baseline")] if hs[0].meta["test_cases"].get("baseline") and
-                                     not any(r["model"] == "identity" and r["task"] == task for r in rows) else [])
+        arms = [(init, "values")]
+        if hs[0].meta["test_cases"].get("baseline") and (task, "identity") not in seen: arms.append(("identity", "baseline"))
         for name, part in arms:
-            r = test_estimate(hs, n_boot, seed, part)
-            rows.append(dict(task=task, model=name, main_metric=hs[0].main_metric, mean=r["effect"], ci_lo=r["ci"][0],
-                             ci_hi=r["ci"][1], half_width=(r["ci"][1] - r["ci"][0]) / 2, n_seeds=r["n_seeds"],
-                             n_test=r["n_test"]))
-    return pd.DataFrame(rows)
+            seen.add((task, name))
+            rows.append(dict(task=task, model=name, main_metric=hs[0].main_metric, estimate=arm_estimate(hs, part)))
+    return rows
 
 def learned_table(histories: Mapping, # {(seed, task, init): History}
                  ) -> pd.DataFrame:
@@ -618,7 +606,6 @@ def learned_table(histories: Mapping, # {(seed, task, init): History}
                          last_min=lo1, last_max=hi1, n_seeds=len(g), learned=learned))
     return pd.DataFrame(rows)
 
-
 # %% ../nbs/05_finetune.ipynb #c0a1b2e3
 SEMANTIC_KINDS = ("classification", "segmentation")
 
@@ -630,21 +617,19 @@ def _gains(frame: pd.DataFrame, model: str, tasks: Sequence[str], col: str = "ga
         if v.size and np.isfinite(v).all(): out[t] = v
     return out
 
-def _aggregate(claim, x, y, sign, n_test, min_seeds=2):
-    "A finding from `stats.aggregate_ci` over the tasks of x (and y); `DataError` when it cannot be estimated."
+def _aggregate(x, y, min_seeds=2) -> dict:
+    "The `stats.estimate` request of a claim across the tasks of x (and y); `DataError` when it cannot be estimated."
     if y is not None:  # tasks where a gain is undefined in either arm (e.g. a scratch AUC of 0) are left out
         common = [t for t in x if t in y]
         x, y = {t: x[t] for t in common}, {t: y[t] for t in common}
     if not x: raise DataError("no task has finite values in both arms")
     if min(v.size for v in x.values()) < min_seeds:
         raise DataError(f"a stratified bootstrap over seeds needs >= {min_seeds} seeds per task")
-    r = stats.aggregate_ci(x, y)
-    return stats.finding(claim, {**r, "n_test": n_test}, sign, test=f"{r['test']} ({', '.join(x)})")
+    return dict(kind="aggregate", x=x, y=y)
 
-def transfer_findings(histories: Mapping, # {(seed, task, init): History} from `run_finetune`
-                      n_boot: int = stats.DEFAULT_N_BOOT, seed: int = 0, # the bootstraps' resamples and seed
-                     ) -> tuple[list[dict], list[dict]]:
-    "(findings, undetermined): the transfer-limits claims and controls as `stats.finding` records; claims that cannot be estimated, with why."
+def transfer_claims(histories: Mapping, # {(seed, task, init): History} from `run_finetune`
+                   ) -> tuple[list[dict], list[dict]]:
+    "(claims, undetermined): the transfer-limits claims and controls as `stats.evaluate_claims` requests; claims that cannot be estimated, with why."
     frame = run_frame(histories)
     inits, tasks = list(dict.fromkeys(frame.model)), list(dict.fromkeys(frame.task))
     models = [m for m in ("mae", "contrastive") if m in inits]
@@ -652,51 +637,29 @@ def transfer_findings(histories: Mapping, # {(seed, task, init): History} from `
     restoration = [t for t in tasks if task_spec(t)["kind"] == "restoration"]
     semantic = [t for t in tasks if task_spec(t)["kind"] in SEMANTIC_KINDS]
     out, skipped = [], []
-    def add(claim, make):
-        try: out.append(make())
+    def add(claim, make, sign=+1):
+        try: out.append(dict(claim=claim, expected_sign=sign, estimate=dict(make(), n_test=n_test)))
         except DataError as e: skipped.append(dict(claim=claim, reason=str(e)))
-    pe = lambda a, b: paired_estimate(a, b, n_boot, seed)
     for m in models:
         for t in tasks:
             c = f"{m} beats scratch on {t} ({frame[frame.task == t].main_metric.iloc[0]}, paired)"
-            add(c, lambda: stats.finding(c, pe(_arm(histories, t, m), _arm(histories, t, scratch_reference(m, inits))), +1))
+            add(c, lambda: paired_estimate(_arm(histories, t, m), _arm(histories, t, scratch_reference(m, inits))))
         c = f"{m} beats scratch across tasks (mean relative gain, %)"
-        add(c, lambda: _aggregate(c, _gains(frame, m, tasks), None, +1, n_test))
+        add(c, lambda: _aggregate(_gains(frame, m, tasks), None))
         c = f"{m} converges faster than scratch (epochs to 95 % of the improvement over epoch 0, mean over tasks)"
-        add(c, lambda: _aggregate(c, _gains(frame, scratch_reference(m, inits), tasks, "epochs_to_95_improvement"),
-                                  _gains(frame, m, tasks, "epochs_to_95_improvement"), +1, n_test))
+        add(c, lambda: _aggregate(_gains(frame, scratch_reference(m, inits), tasks, "epochs_to_95_improvement"),
+                                  _gains(frame, m, tasks, "epochs_to_95_improvement")))
     if {"mae", "contrastive"} <= set(models):
         c = "restoration tasks gain more from MAE than from contrastive (relative gain, %)"
-        add(c, lambda: _aggregate(c, _gains(frame, "mae", restoration), _gains(frame, "contrastive", restoration), +1, n_test))
+        add(c, lambda: _aggregate(_gains(frame, "mae", restoration), _gains(frame, "contrastive", restoration)))
         c = "semantic tasks gain more from contrastive than from MAE (relative gain, %)"
-        add(c, lambda: _aggregate(c, _gains(frame, "contrastive", semantic), _gains(frame, "mae", semantic), +1, n_test))
+        add(c, lambda: _aggregate(_gains(frame, "contrastive", semantic), _gains(frame, "mae", semantic)))
     for t in restoration:  # controls: does the model beat its input, and does its result need the encoder?
         for i in inits:
             c = f"{i} beats the identity baseline on {t} (PSNR gain, dB)"
-            add(c, lambda: stats.finding(c, pe(_arm(histories, t, i), "identity"), +1))
+            add(c, lambda: paired_estimate(_arm(histories, t, i), "identity"))
         for m in models:
             for ctl in (x for x in CONTROL_INITS if x in inits):
                 c = f"{m}'s encoder contributes on {t} (vs the {ctl} control, PSNR dB)"
-                add(c, lambda: stats.finding(c, pe(_arm(histories, t, m), _arm(histories, t, ctl)), +1))
-    return stats.check_findings(out), skipped
-
-
-# %% ../nbs/05_finetune.ipynb #c0a1b2e6
-def seed_summary(frame: pd.DataFrame, # one row per seed and group, e.g. `run_frame` or stacked distance tables
-                 values: Sequence[str], # the columns to summarise
-                 by: Sequence[str] = ("task", "model"), # the group columns
-                 n_boot: int = stats.DEFAULT_N_BOOT, seed: int = 0,
-                ) -> pd.DataFrame:
-    "Per group: the mean over seeds of each column with its 95 % bootstrap CI over seeds (NaN with one seed) and n."
-    rows = []
-    for key, g in frame.groupby(list(by), sort=False):
-        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
-        for v in values:
-            x = g[v].to_numpy(float); x = x[np.isfinite(x)]
-            lo, hi = (stats.bootstrap_ci(_mean, [x[:, None]], n_boot=n_boot, seed=seed)["ci"] if x.size >= 2
-                      else (float("nan"),) * 2)
-            row.update({v: float(x.mean()) if x.size else float("nan"), f"{v}_ci_lo": lo, f"{v}_ci_hi": hi})
-        row["n_seeds"] = len(g)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
+                add(c, lambda: paired_estimate(_arm(histories, t, m), _arm(histories, t, ctl)))
+    return out, skipped

@@ -27,7 +27,7 @@ from torch.utils.data import Subset
 from .core import (EXECUTION_FIELDS, ConfigError, VFMTransferError, atomic_write_json, cache_dir, cache_root,
                                check_choice, claim, config_hash, load_profile, progress, release_claim, run_key, try_claim)
 from .distill import kd_datasets, kd_run_dir, run_kd, teacher_checkpoints
-from .finetune import TASK_SPECS, History, run_finetune, transfer_inits
+from .finetune import TASK_SPECS, History, run_finetune, transfer_inits, transfer_runs
 
 # %% auto #0
 __all__ = ['TIMING_FIELDS', 'KD_ARGS', 'LOG_FILE', 'EXECUTORS', 'SLURM_OPTIONS', 'GRID_OPTIONS', 'KD_METHODS', 'NOTEBOOK_STAGES',
@@ -378,9 +378,11 @@ def notebook_specs(name: str, # an experiment notebook, e.g. "transfer_limits"
     "The runs an experiment notebook builds: the notebook calls this, and so does `vfm-transfer runs`, so the two agree."
     check_choice(name, NOTEBOOK_STAGES, "notebook")
     P = load_profile(profile)
-    if name in ("transfer_limits", "alignment"):
-        root = finetune_root(P, seed, run_root)
-        return [finetune_spec(t, i, P, seed, root, meta=dict(task=t, init=i)) for t in TASK_SPECS for i in transfer_inits(P)]
+    if name in ("transfer_limits", "alignment"):  # every run of `finetune.transfer_runs`, for every seed of the profile
+        seeds = tuple(P.get("seeds") or (seed,))
+        roots = {s: finetune_root(P, s, Path(run_root) / f"seed{s}" if run_root else None) for s in seeds}
+        return [finetune_spec(t, i, P, s, roots[s], meta=dict(seed=s, task=t, init=i))
+                for s in seeds for t, i in transfer_runs(P)]
     K, student = max(P.labels_per_class), P.students[0]
     kd = lambda *a, meta=None, **kw: kd_spec(*a, profile=P, seed=seed, root=run_root, meta=meta, **kw)
     if name == "kd_approaches":

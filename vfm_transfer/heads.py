@@ -14,7 +14,7 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock,
 from monai.networks.blocks.dynunet_block import UnetBasicBlock, get_conv_layer
 from torch import nn
 
-from .core import ConfigError, check_choice
+from .core import TASK_SPECS, ConfigError, check_choice
 
 # %% auto #0
 __all__ = ['RESIDUAL_FROM', 'HEAD_KINDS', 'is_hierarchical', 'encoder_geometry', 'ClassificationHead', 'upsample_strides',
@@ -309,8 +309,7 @@ def build_head(task: str, # one of data.TASKS
                encoder: nn.Module, # the encoder the head reads
                **kwargs, # passed to the head, e.g. feature_size, pool, hidden
               ) -> nn.Module:
-    "The head for `task` on `encoder`, sized by `data.TASK_SPECS`."
-    from vfm_transfer.data import TASK_SPECS
+    "The head for `task` on `encoder`, sized by `core.TASK_SPECS`."
     check_choice(task, TASK_SPECS, "task")
     spec = TASK_SPECS[task]
     if spec["kind"] == "classification": return ClassificationHead(encoder, spec["out_channels"], **kwargs)

@@ -319,7 +319,8 @@ def init_encoder_config(init: str, # "mae" | "contrastive" | "random"
         return dict(arch="provicnet", size=p.provicnet_size, img_size=tuple(p.img_size), patch_size=int(p.provicnet_patch),
                     in_channels=3)
     if init != "contrastive" and p.get("profound_ckpt"):
-        conv = profound_architecture(p.profound_ckpt)  # ProFound-Conv sets a ConvNeXt-V2, else ProFound's 3-D ViT
+        # ProFound-Conv sets a ConvNeXt-V2, else ProFound's 3-D ViT; a missing file is reported where it is loaded
+        conv = profound_architecture(p.profound_ckpt) if Path(p.profound_ckpt).expanduser().is_file() else None
         if conv is not None: return {**conv, "img_size": tuple(p.img_size)}
         return profound_encoder_config(p.encoder, img_size=tuple(p.img_size), patch_size=tuple(p.patch_size))
     return encoder_config(p)

@@ -11,6 +11,7 @@ import warnings
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 from .core import ConfigError, DataError, check_choice
@@ -18,7 +19,8 @@ from .core import ConfigError, DataError, check_choice
 # %% auto #0
 __all__ = ['CI_METHODS', 'CASE_DESIGNS', 'DEFAULT_N_BOOT', 'MAX_BLOCK', 'VERDICTS', 'FINDING_FIELDS', 'AGG_METRICS', 'mean_diff',
            'bootstrap_ci', 'paired_bootstrap', 'auc', 'delong_test', 'auc_diff', 'auc_above_chance', 'auc_bootstrap',
-           'verdict', 'finding', 'check_findings', 'aggregate_ci', 'probability_of_improvement']
+           'verdict', 'finding', 'check_findings', 'aggregate_ci', 'probability_of_improvement', 'estimate',
+           'evaluate_claims', 'estimate_table', 'seed_summary', 'correlation_finding']
 
 # %% ../nbs/10_stats.ipynb #e3fbb934
 CI_METHODS = ("percentile", "bca")  # bootstrap interval methods
@@ -424,3 +426,84 @@ def probability_of_improvement(x, # scores of X: mapping task -> (n_runs,), or a
                 n_seeds=min(a.size for a in xs + ys), n_test=None, n_boot=n_boot,
                 test=f"probability of improvement P(X > Y) - 1/2 over {len(xs)} tasks, stratified bootstrap "
                 f"(percentile, {n_boot} resamples, {ci:.0%} CI; X and Y resampled independently within tasks)")
+
+# %% ../nbs/10_stats.ipynb #22ffde83
+def _mean_last(a, axis=-1): return np.mean(a, axis=axis)
+
+def estimate(request: Mapping, # {"kind": ..., numbers...}; see the table above
+             n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+            ) -> dict:
+    "The effect, 95 % CI, n_seeds, n_test and test of one request (a plain dict of numbers)."
+    r, kind = dict(request), request.get("kind")
+    if kind == "mean":
+        out = bootstrap_ci(_mean_last, [np.asarray(r["x"], float)], n_boot=n_boot, seed=seed, name=r.get("name", "mean"))
+    elif kind == "auc":
+        a = auc_bootstrap(r["y"], r["score"], n_boot=n_boot, seed=seed)
+        out = {**a, "effect": a["auc"], "ci": a["auc_ci"], "test": a["test"].replace("AUC - 1/2", "AUC")}
+    elif kind == "diff":
+        out = paired_bootstrap(np.asarray(r["a"], float), np.asarray(r["b"], float), n_boot=n_boot, seed=seed)
+    elif kind == "auc_diff":
+        out = auc_bootstrap(r["y"], r["a"], r["b"], n_boot=n_boot, seed=seed)
+    elif kind == "aggregate":
+        out = aggregate_ci(r["x"], r.get("y"), n_boot=n_boot, seed=seed)
+        out["test"] = f"{out['test']} ({', '.join(r['x'])})"
+    elif kind == "correlation":
+        out = dict(effect=float(r["rho"]), ci=[float(v) for v in r["ci"]], n_seeds=int(r["n_seeds"]), n_test=int(r["n"]),
+                   test=r["test"])
+    else:
+        raise ConfigError(f"unknown estimate kind {kind!r}; expected one of mean, auc, diff, auc_diff, aggregate, correlation")
+    if "n_test" in r: out["n_test"] = int(r["n_test"])
+    return out
+
+def evaluate_claims(claims: Sequence[Mapping], # [{"claim", "expected_sign", "estimate": request}]
+                    undetermined: Sequence[Mapping] = (), # claims already known not to be estimable, with reasons
+                    n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+                   ) -> tuple[list[dict], list[dict]]:
+    "(findings, undetermined): one checked `finding` per claim; a claim whose numbers cannot be estimated joins `undetermined`."
+    found, skipped = [], [dict(u) for u in undetermined]
+    for c in claims:
+        try: found.append(finding(c["claim"], estimate(c["estimate"], n_boot, seed), c["expected_sign"]))
+        except DataError as e: skipped.append(dict(claim=c["claim"], reason=str(e)))
+    return check_findings(found), skipped
+
+def estimate_table(rows: Sequence[Mapping], # [{...keys..., "estimate": request}]
+                   n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+                  ) -> pd.DataFrame:
+    "One row per request: its keys, the mean, 95 % CI, half-width, n seeds and n cases."
+    out = []
+    for row in rows:
+        e = estimate(row["estimate"], n_boot, seed)
+        out.append({**{k: v for k, v in row.items() if k != "estimate"}, "mean": e["effect"], "ci_lo": e["ci"][0],
+                    "ci_hi": e["ci"][1], "half_width": (e["ci"][1] - e["ci"][0]) / 2, "n_seeds": e["n_seeds"],
+                    "n_test": e["n_test"]})
+    return pd.DataFrame(out)
+
+def seed_summary(frame: pd.DataFrame, # one row per seed and group
+                 values: Sequence[str], # the columns to summarise
+                 by: Sequence[str] = ("task", "model"), # the group columns
+                 n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+                ) -> pd.DataFrame:
+    "Per group: the mean over seeds of each column with its 95 % bootstrap CI over seeds (NaN with one seed) and n."
+    rows = []
+    for key, g in frame.groupby(list(by), sort=False):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        for v in values:
+            x = g[v].to_numpy(float); x = x[np.isfinite(x)]
+            lo, hi = (bootstrap_ci(_mean_last, [x[:, None]], n_boot=n_boot, seed=seed)["ci"] if x.size >= 2
+                      else (float("nan"),) * 2)
+            row.update({v: float(x.mean()) if x.size else float("nan"), f"{v}_ci_lo": lo, f"{v}_ci_hi": hi})
+        row["n_seeds"] = len(g)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+def correlation_finding(claim: str, # the paper's claim, in words
+                        corr: Mapping, # a correlation with its bootstrap CI: `alignment.correlate`'s result
+                        expected_sign: int, # +1 or -1: the sign of rho the paper claims
+                        n_seeds: int, # seeds behind each point
+                       ) -> dict:
+    "A `finding` of Spearman's rho from `alignment.correlate`'s result (rho, its CI and the number of points)."
+    n = int(corr["n"])
+    test = (f"Spearman rho over {n} points (each the mean over {n_seeds} seeds), percentile bootstrap of the points "
+            f"({corr.get('spearman_n_boot', '?')} finite resamples, {corr.get('ci', 0.95):.0%} CI)")
+    return finding(claim, estimate(dict(kind="correlation", rho=corr["spearman_rho"], ci=corr["spearman_ci"], n=n,
+                                        n_seeds=n_seeds, test=test)), expected_sign)
