@@ -16,16 +16,17 @@ from vfm_transfer.reproduce import list_experiments, reproduce, run_experiment
 
 NOTEBOOKS = ("transfer_limits", "alignment", "kd_approaches", "kd_compute", "kd_retrieval")
 NOTEBOOK_DIR = ROOT / "nbs" / "experiments"
-STATS_FINDINGS = ("transfer_limits", "alignment")  # notebooks whose findings are `stats.finding` records
+STATS_FINDINGS = ("transfer_limits", "alignment", "kd_approaches", "kd_compute", "kd_retrieval")  # notebooks whose findings are `stats.finding` records
 
 # metrics.json keys each notebook must write (the numbers its prose and the README quote)
 METRIC_KEYS = {
     "transfer_limits": {"profile", "seeds", "tasks", "inits", "runs", "test_main_metric", "gain", "epochs_to_95",
                         "improvement_auc", "gain_db_over_identity", "ci_half_width", "learned", "findings"},
     "alignment": {"profile", "seeds", "distances", "correlations", "findings"},
-    "kd_approaches": {"students", "labels_per_class", "accuracy", "segmentation_miou", "findings"},
-    "kd_compute": {"flops", "accuracy", "spearman_rho", "findings"},
-    "kd_retrieval": {"sizes", "accuracy", "transfer_sets", "findings"},
+    "kd_approaches": {"profile", "seeds", "students", "labels_per_class", "accuracy", "accuracy_ci", "segmentation_miou",
+                      "ci_half_width", "findings"},
+    "kd_compute": {"profile", "seeds", "flops", "accuracy", "accuracy_ci", "probe_accuracy", "ci_half_width", "findings"},
+    "kd_retrieval": {"profile", "seeds", "sizes", "accuracy", "accuracy_ci", "transfer_sets", "ci_half_width", "findings"},
 }
 
 # tables each notebook saves, with their expected row counts given the micro profile
@@ -156,3 +157,31 @@ def test_transfer_limits_findings_cover_the_claims_and_controls(micro):
     a = json.loads((out / "alignment" / "metrics.json").read_text())
     assert ("lower D2P <-> larger gain" in {f["claim"] for f in a["findings"]}
             or any(u["claim"] == "D2P vs gain_pct" for u in a["undetermined"]))
+
+
+# the claims each knowledge-transfer notebook must decide (as stats.finding records), controls included
+KD_CLAIMS = {
+    "kd_approaches": {"task KD beats scratch", "task-oriented beats task-agnostic (feature) KD",
+                      "retrieved beats generic transfer set", "in-domain beats generic transfer set",
+                      "task KD beats KD from a random teacher", "task KD beats a step-matched scratch student"},
+    "kd_compute": {"the student improves with teacher pretraining compute", "task KD beats scratch",
+                   "task KD beats KD from a random teacher"},
+    "kd_retrieval": {"accuracy grows with the retrieved set size", "retrieved beats generic transfer set",
+                     "in-domain beats generic transfer set"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(KD_CLAIMS))
+def test_kd_findings_cover_the_claims_paired_over_seeds_and_test_images(micro, name):
+    from vfm_transfer.core import load_profile
+    out, recs = micro
+    assert recs[name]["status"] == "ok", recs[name].get("error")
+    m = json.loads((out / name / "metrics.json").read_text())
+    P = load_profile("micro")
+    assert check_findings(m["findings"]) and m["profile"] == "micro" and m["seeds"] == list(P.get("seeds", (0,)))
+    claims = {f["claim"] for f in m["findings"]}
+    assert KD_CLAIMS[name] <= claims, sorted(KD_CLAIMS[name] - claims)
+    for f in m["findings"]:  # every effect is paired over every seed and the whole 2-D test set of each
+        assert f["n_seeds"] == len(m["seeds"]) and f["n_test"] == P.n_test_2d, f
+        assert f["expected_sign"] == 1 and "two-level" in f["test"] and "percentage points" in f["test"], f
+    assert 0 < m["ci_half_width"]["mean"] <= m["ci_half_width"]["max"] <= 100
