@@ -348,14 +348,14 @@ def test_stage_a_steps_grow_with_the_budget_and_the_best_val_epoch_is_kept(tmp_p
 
 
 def test_findings_from_runs_follow_the_schema(tmp_path):
-    from vfm_transfer.distill import compare_runs, metric_ci
-    from vfm_transfer.stats import check_findings
+    from vfm_transfer.distill import metric_estimate, paired_runs
+    from vfm_transfer.stats import check_findings, ci_summary, estimate, finding
     kw = dict(labels_per_class=2, profile="micro", device="cpu", root=tmp_path)
     task = [run_kd("task", "in_domain", seed=s, **kw) for s in (0, 1)]
     scratch = [run_kd("scratch", seed=s, **kw) for s in (0, 1)]
-    f = compare_runs("task KD beats scratch", task, scratch)
+    f = finding("task KD beats scratch", estimate(paired_runs(task, scratch)), +1)
     assert check_findings([f]) == [f] and f["n_seeds"] == 2 and f["n_test"] == load_profile("micro").n_test_2d
     manual = 100 * np.mean([t["accuracy"] - s["accuracy"] for t, s in zip(task, scratch)])
     assert math.isclose(f["effect"], manual, abs_tol=1e-9)
-    ci = metric_ci(task, "teacher")
+    ci = ci_summary(metric_estimate(task, "teacher"))
     assert ci["lo"] <= ci["mean"] <= ci["hi"] and ci["n_seeds"] == 2

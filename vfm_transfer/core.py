@@ -110,7 +110,7 @@ _BASE = dict(
     # 2-D knowledge transfer
     img2d_size=32, n_classes_2d=4, labels_per_class=(5, 25), n_test_2d=200, transfer_size=500,
     gallery_size=1500, teacher="vit_tiny", students=("student_tiny",), kd_epochs=3, kd_temperature=2.0,
-    teacher_pretrain_epochs=6, teacher_lr=1e-3, teacher_pool="generic+gallery", kd_finetune_steps=50, n_views=2, retrieval_sizes=(1, 3, 7),
+    teacher_pretrain_epochs=6, teacher_lr=1e-3, teacher_pool="disjoint", kd_finetune_steps=50, n_views=2, retrieval_sizes=(1, 3, 7),
     # running
     device="auto", amp=False, num_workers=0,
     # every arm runs every seed, paired: the same data for every arm within a seed

@@ -27,7 +27,6 @@ from torchvision.transforms.v2 import functional as TF
 from .core import (CheckpointError, ConfigError, DataError, Profile, atomic_torch_save, atomic_write_json,
                                cache_dir, check_choice, claim, config_hash, load_profile, progress, result_fields, run_key,
                                set_seed)
-from . import stats
 from .data import dataset_key, make_kd_datasets, make_pretrain_pool
 from .encoders import (build_teacher_2d, dinov2_config_from_state_dict, load_pretrained, safe_load,
                                    teacher_conflict)
@@ -42,7 +41,7 @@ __all__ = ['TASKS_2D', 'STUDENTS', 'TEACHER_ARCH', 'OUTPUTS', 'FEATURE_LOSSES', 
            'eval_epochs', 'finetune_teacher', 'finetune_student', 'distill_task', 'feature_loss', 'ProjectedFeatures',
            'distill_features', 'count_flops', 'stage_flops', 'kd_datasets', 'linear_probe', 'pool_stats',
            'teacher_checkpoints', 'dinov2_teacher', 'pretrained_teacher', 'untrained_teacher', 'labeled_epochs',
-           'kd_run_config', 'kd_run_dir', 'run_kd', 'per_image', 'metric_ci', 'seed_effects', 'compare_runs']
+           'kd_run_config', 'kd_run_dir', 'run_kd', 'per_image', 'metric_estimate', 'seed_effects', 'paired_runs']
 
 # %% ../nbs/07_distill.ipynb #a1ccd662
 TASKS_2D = {"classification", "segmentation"}
@@ -1181,14 +1180,12 @@ def per_image(runs: Sequence[Mapping], # run_kd results: one or more per seed
     if len({len(x) for x in rows}) != 1: raise DataError(f"the seeds' test sets differ in size: {[len(x) for x in rows]}")
     return np.stack(rows), seeds, keys
 
-def _mean_stat(a, axis=-1): return np.mean(a, axis=axis)
-
-def metric_ci(runs: Sequence[Mapping], which: str = "student", n_boot: int = 2000, seed: int = 0) -> dict:
-    "Mean per-image test score (%) over seeds and test images, with its two-level bootstrap 95 % CI and counts."
-    g, seeds, _ = per_image(runs, which)
-    r = stats.bootstrap_ci(_mean_stat, (100 * g,), n_boot=n_boot, seed=seed, name="mean test score (%)")
-    lo, hi = r["ci"]
-    return dict(mean=r["effect"], lo=lo, hi=hi, half_width=(hi - lo) / 2, n_seeds=r["n_seeds"], n_test=r["n_test"])
+def metric_estimate(runs: Sequence[Mapping], # run_kd results (every seed)
+                    which: str = "student", # "student", "teacher" or "probe"
+                   ) -> dict:
+    "The `stats.estimate` request of the mean per-image test score (%) over seeds and test images."
+    g, _, _ = per_image(runs, which)
+    return dict(kind="mean", x=100 * g, name="mean test score (%)")
 
 def _paired(a_runs, b_runs, which_a, which_b):
     ga, sa, ka = per_image(a_runs, which_a)
@@ -1203,16 +1200,11 @@ def seed_effects(a_runs: Sequence[Mapping], b_runs: Sequence[Mapping], which_a: 
     ga, gb = _paired(a_runs, b_runs, which_a, which_b)
     return [float(v) for v in 100 * (ga - gb).mean(1)]
 
-def compare_runs(claim: str, # the claim in words, e.g. "task KD beats scratch"
-                 a_runs: Sequence[Mapping], # arm A's results (every seed)
-                 b_runs: Sequence[Mapping], # arm B's results (the same seeds and test sets)
-                 expected_sign: int = 1, # +1: the paper says A > B
-                 which_a: str = "student", which_b: str = "student", # "student", "teacher" or "probe"
-                 n_boot: int = 2000, seed: int = 0, # bootstrap resamples and generator seed
-                ) -> dict:
-    "A `stats.finding` record of A - B (percentage points), paired over seeds and test images, two-level bootstrap."
+def paired_runs(a_runs: Sequence[Mapping], # arm A's results (every seed)
+                b_runs: Sequence[Mapping], # arm B's results (the same seeds and test sets)
+                which_a: str = "student", which_b: str = "student", # "student", "teacher" or "probe"
+               ) -> dict:
+    "The `stats.estimate` request of A - B (percentage points), paired over seeds and test images."
     ga, gb = _paired(a_runs, b_runs, which_a, which_b)
-    r = stats.paired_bootstrap(100 * ga, 100 * gb, n_boot=n_boot, seed=seed)
     unit = "accuracy" if a_runs[0].get("task", "classification") == "classification" else "per-image IoU"
-    return stats.finding(claim, r, expected_sign, test=f"test {unit} difference A - B in percentage points; {r['test']}")
-
+    return dict(kind="diff", a=100 * ga, b=100 * gb, describe=f"test {unit} difference A - B in percentage points")

@@ -30,9 +30,10 @@ from .distill import kd_datasets, kd_run_dir, run_kd, teacher_checkpoints
 from .finetune import TASK_SPECS, History, run_finetune, transfer_inits, transfer_runs
 
 # %% auto #0
-__all__ = ['TIMING_FIELDS', 'KD_ARGS', 'LOG_FILE', 'EXECUTORS', 'SLURM_OPTIONS', 'GRID_OPTIONS', 'KD_METHODS', 'NOTEBOOK_STAGES',
-           'FinetuneSpec', 'finetune_root', 'finetune_spec', 'KDSpec', 'kd_spec', 'comparable', 'run_spec', 'GridError',
-           'GridResults', 'default_workers', 'SlurmRun', 'run_grid', 'notebook_specs', 'run_notebook_grid']
+__all__ = ['TIMING_FIELDS', 'KD_ARGS', 'LOG_FILE', 'EXECUTORS', 'SLURM_OPTIONS', 'GRID_OPTIONS', 'KD_METHODS', 'KD_CONTROLS',
+           'NOTEBOOK_STAGES', 'FinetuneSpec', 'finetune_root', 'finetune_spec', 'KDSpec', 'kd_spec', 'comparable',
+           'run_spec', 'GridError', 'GridResults', 'default_workers', 'SlurmRun', 'run_grid', 'notebook_specs',
+           'run_notebook_grid']
 
 # %% ../nbs/08a_grid.ipynb #9a000007
 TIMING_FIELDS = {"seconds", "train_seconds", "build_seconds", "pretrain_seconds", "resumed_from"}  # vary run to run
@@ -367,6 +368,10 @@ KD_METHODS = {  # the knowledge-transfer approaches compared: method shown in th
     "task KD, in-domain": ("task", "in_domain"),
     "task KD, retrieved": ("task", "retrieved"),
 }
+KD_CONTROLS = {  # controls no paper reports (classification): a gain must come from the teacher, not extra steps
+    "control: task KD from a random teacher": ("task_random_teacher", "in_domain"),
+    "control: scratch, step-matched": ("scratch_matched", "in_domain"),  # as many steps as task KD, in-domain
+}
 NOTEBOOK_STAGES = {"transfer_limits": 1, "alignment": 1, "kd_approaches": 1, "kd_compute": 1, "kd_retrieval": 2}
 
 def notebook_specs(name: str, # an experiment notebook, e.g. "transfer_limits"
@@ -388,12 +393,13 @@ def notebook_specs(name: str, # an experiment notebook, e.g. "transfer_limits"
     if name == "kd_approaches":
         seg = not P.get("image_root")  # image folders carry no masks: segmentation runs on synthetic data only
         specs = [kd(a, t, k, s, task="classification", meta=dict(method=m))
-                 for s in P.students for k in P.labels_per_class for m, (a, t) in KD_METHODS.items()]
+                 for s in P.students for k in P.labels_per_class for m, (a, t) in {**KD_METHODS, **KD_CONTROLS}.items()]
         return specs + [kd(a, t, k, student, task="segmentation", meta=dict(method=m))
                         for k in P.labels_per_class for m, (a, t) in KD_METHODS.items() if seg]
     if name == "kd_compute":
         return [kd("task", "in_domain", K, student, teacher_epoch=e, meta=dict(teacher_epoch=e))
-                for e in teacher_checkpoints(P.teacher_pretrain_epochs)] + [kd("scratch", "in_domain", K, student, meta=dict(scratch=True))]
+                for e in teacher_checkpoints(P.teacher_pretrain_epochs)] + [kd("scratch", "in_domain", K, student, meta=dict(scratch=True)),
+                kd("task_random_teacher", "in_domain", K, student, meta=dict(control="random teacher"))]
     if previous is None:  # kd_retrieval, stage 1: the size sweep and the scratch student
         return [kd("task", "retrieved", K, student, n_neighbors=n, meta=dict(neighbours=n)) for n in P.retrieval_sizes] \
                + [kd("scratch", "in_domain", K, student, meta=dict(scratch=True))]
@@ -415,15 +421,20 @@ def run_notebook_grid(name: str, # an experiment notebook
                       **options, # `run_grid` options (workers, retries, slurm_*)
                      ) -> dict:
     "Pre-compute every run of a notebook (all its stages); the summary `vfm-transfer runs` prints."
-    total, previous = dict(runs=0, trained=0, loaded=0, failed=0), None
-    error = None
-    for stage in range(NOTEBOOK_STAGES[check_choice(name, NOTEBOOK_STAGES, "notebook")]):
-        specs = notebook_specs(name, profile, seed, run_root, previous=previous)
-        try: res = run_grid(specs, executor, desc=f"{name} runs", **options)
-        except GridError as e: res, error = e.results, e
-        for k in total: total[k] += res.summary[k]
-        if error is not None: break  # a later stage needs every result of this one
-        previous = res
+    total, error = dict(runs=0, trained=0, loaded=0, failed=0), None
+    check_choice(name, NOTEBOOK_STAGES, "notebook")
+    P = load_profile(profile)
+    # the transfer grids hold every seed already; a KD notebook's grid is one seed's, run for every seed as the notebook does
+    for s in ((seed,) if name in ("transfer_limits", "alignment") else tuple(P.get("seeds") or (seed,))):
+        previous = None
+        for stage in range(NOTEBOOK_STAGES[name]):
+            specs = notebook_specs(name, P, s, run_root, previous=previous)
+            try: res = run_grid(specs, executor, desc=f"{name} runs", **options)
+            except GridError as e: res, error = e.results, e
+            for k in total: total[k] += res.summary[k]
+            if error is not None: break  # a later stage needs every result of this one
+            previous = res
+        if error is not None: break
     root = finetune_root(load_profile(profile), seed, run_root) if name in ("transfer_limits", "alignment") \
         else Path(run_root or cache_root())
     return dict(total, run_root=str(root), failures=[dict(label=f["label"], folder=f["folder"], log=f["log"], error=f.get("error"))

@@ -20,7 +20,7 @@ from .core import ConfigError, DataError, check_choice
 __all__ = ['CI_METHODS', 'CASE_DESIGNS', 'DEFAULT_N_BOOT', 'MAX_BLOCK', 'VERDICTS', 'FINDING_FIELDS', 'AGG_METRICS', 'mean_diff',
            'bootstrap_ci', 'paired_bootstrap', 'auc', 'delong_test', 'auc_diff', 'auc_above_chance', 'auc_bootstrap',
            'verdict', 'finding', 'check_findings', 'aggregate_ci', 'probability_of_improvement', 'estimate',
-           'evaluate_claims', 'estimate_table', 'seed_summary', 'correlation_finding']
+           'ci_summary', 'evaluate_claims', 'estimate_table', 'seed_summary', 'correlation_finding']
 
 # %% ../nbs/10_stats.ipynb #e3fbb934
 CI_METHODS = ("percentile", "bca")  # bootstrap interval methods
@@ -453,7 +453,16 @@ def estimate(request: Mapping, # {"kind": ..., numbers...}; see the table above
     else:
         raise ConfigError(f"unknown estimate kind {kind!r}; expected one of mean, auc, diff, auc_diff, aggregate, correlation")
     if "n_test" in r: out["n_test"] = int(r["n_test"])
+    if r.get("describe"): out["test"] = f"{r['describe']}; {out['test']}"
     return out
+
+def ci_summary(request: Mapping, # a request for `estimate`
+               n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+              ) -> dict:
+    "The table row of one request: mean, lo, hi, half_width, n_seeds, n_test."
+    e = estimate(request, n_boot, seed)
+    lo, hi = e["ci"]
+    return dict(mean=e["effect"], lo=lo, hi=hi, half_width=(hi - lo) / 2, n_seeds=e["n_seeds"], n_test=e["n_test"])
 
 def evaluate_claims(claims: Sequence[Mapping], # [{"claim", "expected_sign", "estimate": request}]
                     undetermined: Sequence[Mapping] = (), # claims already known not to be estimable, with reasons
