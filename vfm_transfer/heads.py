@@ -124,6 +124,10 @@ def _proj_up(spatial_dims, in_channels, out_channels, strides, norm_name) -> nn.
     return _PerStageUp(spatial_dims, in_channels, out_channels, strides, norm_name)
 
 # %% ../nbs/04_heads.ipynb #3c27aa6b
+def _check_decoder(out_channels, feature_size):
+    if not isinstance(out_channels, int) or out_channels < 1: raise ConfigError(f"out_channels must be an int >= 1, got {out_channels!r}")
+    if feature_size < 1: raise ConfigError(f"feature_size must be >= 1, got {feature_size}")
+
 class UNETRDecoder(nn.Module):
     "UNETR-style decoder from final tokens, evenly spaced hidden states and the raw input, for any encoder geometry."
     def __init__(self,
@@ -135,8 +139,7 @@ class UNETRDecoder(nn.Module):
                 ):
         super().__init__()
         g = self.geometry = encoder_geometry(encoder)
-        if not isinstance(out_channels, int) or out_channels < 1: raise ConfigError(f"out_channels must be an int >= 1, got {out_channels!r}")
-        if feature_size < 1: raise ConfigError(f"feature_size must be >= 1, got {feature_size}")
+        _check_decoder(out_channels, feature_size)
         nd, d, L = g["spatial_dims"], g["embed_dim"], g["num_layers"]
         self.strides = upsample_strides(g["patch_size"])
         S = len(self.strides)
@@ -186,8 +189,7 @@ class StageUNetDecoder(nn.Module):
         if "stage_dims" not in g:
             raise ConfigError(f"StageUNetDecoder needs a hierarchical encoder (stage maps); {type(encoder).__name__} "
                               "gives tokens: use UNETRDecoder")
-        if not isinstance(out_channels, int) or out_channels < 1: raise ConfigError(f"out_channels must be an int >= 1, got {out_channels!r}")
-        if feature_size < 1: raise ConfigError(f"feature_size must be >= 1, got {feature_size}")
+        _check_decoder(out_channels, feature_size)
         nd, dims, strides = g["spatial_dims"], g["stage_dims"], g["stage_strides"]
         n, f = len(dims), feature_size
         skip_at = [_half(st) for st in strides[:-1]]  # each skip: its stage one factor of 2 up
