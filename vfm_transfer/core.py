@@ -427,6 +427,11 @@ def release_claim(c: Claim):
 # %% ../nbs/00_core.ipynb #c1a1e004
 FOLLOWER = "follower"  # what `claim` yields on torch.distributed ranks other than 0
 
+def _group_rank() -> int:
+    "This process's rank in its distributed group: from torch.distributed, or from torchrun's environment before the\n    group is joined (a rank that waited for rank 0's claim there would deadlock rank 0 joining the group)."
+    if torch.distributed.is_available() and torch.distributed.is_initialized(): return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", 0)) if int(os.environ.get("WORLD_SIZE", 1)) > 1 else 0
+
 @contextlib.contextmanager
 def claim(folder: str | Path, # the folder whose work this block does (created)
           owner: Mapping | None = None, # extra fields for the owner record
@@ -437,7 +442,7 @@ def claim(folder: str | Path, # the folder whose work this block does (created)
           poll_s: float = 0.5, # seconds between looks at a held claim
          ) -> Iterator[Claim | None]:
     "Hold an exclusive claim on `folder` for the block: one worker computes, the others wait (or get None) and then read."
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+    if _group_rank() != 0:
         yield FOLLOWER  # one claim per distributed group: rank 0 holds it, the other ranks follow rank 0
         return
     t0 = time.monotonic()
