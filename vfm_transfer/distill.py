@@ -871,6 +871,9 @@ def dinov2_teacher(path: str | Path, # a DINOv2 checkpoint (facebookresearch/din
     if teacher:
         with torch.device("meta"):  # shapes only: no memory, no init cost
             preset = build_teacher_2d(teacher, img_size=img_size, **TEACHER_ARCH.get(teacher, {}))
+        # a file cannot show its head count (DINOv2's heads are 64 wide): a preset that agrees on all the file shows gives it
+        if teacher_conflict(preset, {**cfg, "num_heads": preset.vit.blocks[0].attn.num_heads}) is None:
+            return build_teacher_2d(teacher, num_classes=0, img_size=img_size, **TEACHER_ARCH.get(teacher, {}))
         line = teacher_conflict(preset, cfg, repr(str(path)))
         if line: warnings.warn(f"{line}; using the file's architecture")
     return build_teacher_2d(cfg["name"], num_classes=0, img_size=img_size, **cfg["timm_kwargs"])

@@ -827,7 +827,7 @@ def dinov2_config_from_state_dict(state_dict: Mapping, # DINOv2 hub or timm ViT 
     family = "giant" if swiglu else _DINOV2_FAMILY.get(width, "small")
     name = f"vit_{family}_patch14{'_reg4' if regs else ''}_dinov2"
     timm_kwargs = dict(embed_dim=width, depth=depth, num_heads=max(1, width // 64), patch_size=patch,
-                       mlp_ratio=fc1.shape[0] / width, init_values=1e-5 if layer_scale else None)
+                       mlp_ratio=fc1.shape[0] / width, init_values=1e-5 if layer_scale else 0.0)  # timm drops None: 0.0 is off
     if regs not in (0, 4): timm_kwargs["reg_tokens"] = regs
     label = f"DINOv2 ViT-{ {'small': 'S', 'base': 'B', 'large': 'L', 'giant': 'g'}[family]}/{patch}" if width in _DINOV2_FAMILY \
         else f"a DINOv2-layout ViT (width {width}, patch {patch})"

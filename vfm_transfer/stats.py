@@ -478,13 +478,16 @@ def evaluate_claims(claims: Sequence[Mapping], # [{"claim", "expected_sign", "es
 def estimate_table(rows: Sequence[Mapping], # [{...keys..., "estimate": request}]
                    n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
                   ) -> pd.DataFrame:
-    "One row per request: its keys, the mean, 95 % CI, half-width, n seeds and n cases."
+    "One row per request: its keys, the mean, 95 % CI, half-width, n seeds and n cases (NaN and a note when it cannot be estimated)."
     out = []
     for row in rows:
-        e = estimate(row["estimate"], n_boot, seed)
-        out.append({**{k: v for k, v in row.items() if k != "estimate"}, "mean": e["effect"], "ci_lo": e["ci"][0],
-                    "ci_hi": e["ci"][1], "half_width": (e["ci"][1] - e["ci"][0]) / 2, "n_seeds": e["n_seeds"],
-                    "n_test": e["n_test"]})
+        keys = {k: v for k, v in row.items() if k != "estimate"}
+        try: e = estimate(row["estimate"], n_boot, seed)
+        except DataError as err:  # e.g. a test set with fewer than 2 cases of a class has no AUC interval
+            out.append({**keys, **dict.fromkeys(("mean", "ci_lo", "ci_hi", "half_width", "n_seeds", "n_test"), np.nan),
+                        "note": str(err)}); continue
+        out.append({**keys, "mean": e["effect"], "ci_lo": e["ci"][0], "ci_hi": e["ci"][1],
+                    "half_width": (e["ci"][1] - e["ci"][0]) / 2, "n_seeds": e["n_seeds"], "n_test": e["n_test"], "note": ""})
     return pd.DataFrame(out)
 
 def seed_summary(frame: pd.DataFrame, # one row per seed and group
