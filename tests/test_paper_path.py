@@ -108,7 +108,7 @@ def test_transfer_limits_and_alignment_with_checkpoints(paper_like, tmp_path, mo
     for r in recs:
         assert r["status"] == "ok", f"{r['notebook']} failed: {r.get('error')}; executed notebook: {r['executed']}"
     m = json.loads((tmp_path / "out" / "transfer_limits" / "metrics.json").read_text())
-    assert m["inits"] == ["mae", "contrastive", "scratch", "specialised", "scratch_contrastive"]
+    assert m["inits"] == ["mae", "contrastive", "scratch", "specialised", "scratch_contrastive", "zero_tokens"]  # + the control
     t = pd.read_csv(tmp_path / "out" / "transfer_limits" / "test_metrics.csv")
     assert len(t) == len(m["runs"]) + len(m["restoration_tasks"])  # every run of a seed, and each identity baseline
     runs = pd.read_csv(tmp_path / "out" / "transfer_limits" / "runs.csv")
