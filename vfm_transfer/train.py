@@ -5,6 +5,7 @@
 # %% ../nbs/04a_train.ipynb #dd6bc60e
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -402,7 +403,7 @@ def fit(recipe: Recipe, # model, loss, data, evaluation
         for i, batch in enumerate(batches.epoch(epoch)):
             last = (i + 1) % accumulate == 0 or i + 1 == batches.steps
             sync = world == 1 or last
-            with (net.no_sync() if not sync else _nullcontext()):
+            with (net.no_sync() if not sync else contextlib.nullcontext()):
                 with torch.autocast(dev.type, dtype=amp_dtype(dev), enabled=amp):
                     loss = recipe.loss(net, batch)
                 value = loss.item()
@@ -433,7 +434,3 @@ def fit(recipe: Recipe, # model, loss, data, evaluation
         if world > 1: dist.barrier()
     bar.close()
     return history
-
-class _nullcontext:
-    def __enter__(self): return self
-    def __exit__(self, *a): return False
