@@ -359,3 +359,50 @@ def test_findings_from_runs_follow_the_schema(tmp_path):
     assert math.isclose(f["effect"], manual, abs_tol=1e-9)
     ci = ci_summary(metric_estimate(task, "teacher"))
     assert ci["lo"] <= ci["mean"] <= ci["hi"] and ci["n_seeds"] == 2
+
+
+# --- pretrained-student baselines (the knowledge-transfer paper's ImageNet / DINO / CLIP students) ------------------
+
+@pytest.mark.parametrize("approach", ["pretrained_supervised", "pretrained_simclr", "pretrained_clip"])
+def test_student_baseline_learns_counts_its_flops_and_its_checkpoints_reload_to_the_same_accuracy(approach, tmp_path):
+    from vfm_transfer.data import make_kd_datasets, make_student_pool
+    from vfm_transfer.distill import PRETRAINED_STUDENTS, finetune_student, pretrained_student
+    P = load_profile("micro", teacher_pretrain_epochs=4, student_pool_size=128)  # checkpoints at epochs 1, 2 and 4
+    method = PRETRAINED_STUDENTS[approach]
+    r = run_kd(approach, labels_per_class=2, profile=P, device="cpu", root=tmp_path)
+    _, info = pretrained_student(method, profile=P, root=tmp_path)
+    assert info["loss"][-1] < info["loss"][0], info["loss"]  # the pretraining loss falls
+    assert [c["epoch"] for c in r["curve"]] == [1, 2, 4] and r["curve"][-1]["correct"] == r["correct"]
+    # FLOPs of the steps that ran, by hand: pool images x epochs x (views x) one step's forward + backward per image
+    per_image = count_flops(build_student("student_tiny", 10 - P.n_classes_2d, P.img2d_size), (1, 3, 16, 16))["total"]
+    if method == "supervised": assert info["flops_per_image_epoch"] == per_image
+    assert r["flops"]["student_pretrain"] == info["flops_per_image_epoch"] * len(make_student_pool(P)) * 4
+    assert r["flops"]["student_pretraining"] == r["flops"]["student_pretrain"]  # no teacher, no transfer set
+    student_step = count_flops(build_student("student_tiny", P.n_classes_2d, P.img2d_size), (1, 3, 16, 16))["total"]
+    assert r["flops"]["student_finetune"] == r["n_labeled"] * r["finetune_epochs"] * student_step
+    # the epoch-2 checkpoint, reloaded and fine-tuned as run_kd does, scores exactly the curve's point
+    data = make_kd_datasets(P, 0)
+    state, mid = pretrained_student(method, profile=P, root=tmp_path, at_epoch=2)
+    assert mid["flops"] == r["curve"][1]["student_pretraining_flops"]
+    set_seed(0)
+    s = build_student("student_tiny", P.n_classes_2d, P.img2d_size)
+    s.backbone.load_state_dict(state)
+    finetune_student(s, data["labeled"][2], epochs=r["finetune_epochs"], lr=P.lr, seed=0, device="cpu", batch_size=32)
+    assert evaluate_2d(s, data["test"], device="cpu")["correct"] == r["curve"][1]["correct"]
+
+
+def test_student_ckpt_in_timm_layout_runs_and_a_wrong_architecture_is_named(tmp_path):
+    import timm
+    P = load_profile("micro")
+    torch.save({"state_dict": timm.create_model("test_efficientnet", num_classes=1000).state_dict()}, tmp_path / "in1k.pth")
+    r = run_kd("pretrained_ckpt", labels_per_class=2, profile=P.replace(student_ckpt=str(tmp_path / "in1k.pth")),
+               device="cpu", root=tmp_path)
+    rep = r["student_pretraining"]["report"]
+    assert rep["dropped_classifier"] == ["classifier.bias", "classifier.weight"] and rep["loaded"] > 50
+    assert r["transfer"] is None and 0 <= r["metric"] <= 1
+    torch.save(timm.create_model("mobilevitv2_050").state_dict(), tmp_path / "mvit.pth")
+    with pytest.raises(CheckpointError, match="looks like 'mobilevitv2_050'"):
+        run_kd("pretrained_ckpt", labels_per_class=2, profile=P.replace(student_ckpt={"student_tiny": str(tmp_path / "mvit.pth")}),
+               device="cpu", root=tmp_path)
+    with pytest.raises(ConfigError, match="student_ckpt not found"):
+        run_kd("pretrained_ckpt", labels_per_class=2, profile=P.replace(student_ckpt=str(tmp_path / "none.pth")), root=tmp_path)

@@ -24,8 +24,9 @@ METRIC_KEYS = {
                         "improvement_auc", "gain_db_over_identity", "ci_half_width", "learned", "findings"},
     "alignment": {"profile", "seeds", "distances", "correlations", "findings"},
     "kd_approaches": {"profile", "seeds", "students", "labels_per_class", "accuracy", "accuracy_ci", "segmentation_miou",
-                      "ci_half_width", "findings"},
-    "kd_compute": {"profile", "seeds", "flops", "accuracy", "accuracy_ci", "probe_accuracy", "ci_half_width", "findings"},
+                      "baselines", "ci_half_width", "findings"},
+    "kd_compute": {"profile", "seeds", "flops", "accuracy", "accuracy_ci", "probe_accuracy", "ci_half_width", "approach_curves",
+                   "findings"},
     "kd_retrieval": {"profile", "seeds", "sizes", "accuracy", "accuracy_ci", "transfer_sets", "ci_half_width", "findings"},
 }
 
@@ -163,9 +164,13 @@ def test_transfer_limits_findings_cover_the_claims_and_controls(micro):
 KD_CLAIMS = {
     "kd_approaches": {"task KD beats scratch", "task-oriented beats task-agnostic (feature) KD",
                       "retrieved beats generic transfer set", "in-domain beats generic transfer set",
-                      "task KD beats KD from a random teacher", "task KD beats a step-matched scratch student"},
+                      "task KD beats KD from a random teacher", "task KD beats a step-matched scratch student",
+                      "task KD beats the supervised (other shapes) student", "task KD beats the self-supervised (SimCLR) student",
+                      "task KD beats the image-text (CLIP-style) student"},
     "kd_compute": {"the student improves with teacher pretraining compute", "task KD beats scratch",
-                   "task KD beats KD from a random teacher"},
+                   "task KD beats KD from a random teacher",
+                   *(f"task KD needs less pretraining compute than the {b} student"
+                     for b in ("supervised (other shapes)", "self-supervised (SimCLR)", "image-text (CLIP-style)"))},
     "kd_retrieval": {"accuracy grows with the retrieved set size", "retrieved beats generic transfer set",
                      "in-domain beats generic transfer set"},
 }

@@ -28,12 +28,13 @@ import torch
 
 # %% auto #0
 __all__ = ['DEVICES', 'PROFILES', 'TASKS', 'TASK_SPECS', 'CLAIM_FILE', 'BREAK_FILE', 'FOLLOWER', 'DEFAULT_PROFILE', 'FIGURES_ENV',
-           'PROGRESS_ENV', 'FINGERPRINTED', 'EXECUTION_FIELDS', 'VFMTransferError', 'ConfigError', 'DataError',
-           'CheckpointError', 'ClaimTimeout', 'check_choice', 'set_seed', 'get_device', 'Profile', 'load_profile',
-           'config_hash', 'cache_root', 'cache_dir', 'atomic_write', 'atomic_write_text', 'atomic_write_json',
-           'atomic_torch_save', 'Claim', 'read_claim', 'claim_is_stale', 'try_claim', 'release_claim', 'claim',
-           'sha256_file', 'save_figure', 'save_table', 'save_metrics', 'checkout_root', 'figures_root',
-           'default_out_dir', 'resolve_out_dir', 'git_commit', 'progress', 'Timer', 'result_fields', 'run_key']
+           'PROGRESS_ENV', 'FINGERPRINTED', 'EXECUTION_FIELDS', 'FIELDS_2D', 'FIELDS_3D', 'PARTS', 'VFMTransferError',
+           'ConfigError', 'DataError', 'CheckpointError', 'ClaimTimeout', 'check_choice', 'set_seed', 'get_device',
+           'Profile', 'load_profile', 'config_hash', 'cache_root', 'cache_dir', 'atomic_write', 'atomic_write_text',
+           'atomic_write_json', 'atomic_torch_save', 'Claim', 'read_claim', 'claim_is_stale', 'try_claim',
+           'release_claim', 'claim', 'sha256_file', 'save_figure', 'save_table', 'save_metrics', 'checkout_root',
+           'figures_root', 'default_out_dir', 'resolve_out_dir', 'git_commit', 'progress', 'Timer', 'result_fields',
+           'run_key']
 
 # %% ../nbs/00_core.ipynb #36fdaf72
 class VFMTransferError(Exception):
@@ -111,6 +112,9 @@ _BASE = dict(
     img2d_size=32, n_classes_2d=4, labels_per_class=(5, 25), n_test_2d=200, transfer_size=500,
     gallery_size=1500, teacher="vit_tiny", students=("student_tiny",), kd_epochs=3, kd_temperature=2.0,
     teacher_pretrain_epochs=6, teacher_lr=1e-3, teacher_pool="disjoint", kd_finetune_steps=50, n_views=2, retrieval_sizes=(1, 3, 7),
+    # the student baselines (supervised / self-supervised / image-text pretraining on `data.make_student_pool`);
+    # None: as many images as the teacher's pool, as many epochs as the teacher's pretraining
+    student_pool_size=None, student_pretrain_epochs=None,
     # running
     device="auto", amp=False, num_workers=0,
     # every arm runs every seed, paired: the same data for every arm within a seed
@@ -120,6 +124,7 @@ _BASE = dict(
     slurm_partition=None, slurm_gpus=0, slurm_cpus=2, slurm_time_min=60, slurm_array_parallelism=32,
     # real data and checkpoints (paper profile); None means "not used"
     manifest=None, profound_ckpt=None, provicnet_ckpt=None, dinov2_ckpt=None,
+    student_ckpt=None,  # a timm state dict of the student (one path, or {student: path}): the "pretrained_ckpt" arm
     image_root=None, gallery_root=None, cache_root=None,
 )
 
@@ -139,7 +144,7 @@ PROFILES: dict[str, dict] = {
     "small": {**_BASE, **dict(
         vol_size=(64, 64, 64), n_train=200, n_val=50, n_test=100, n_unlabeled=800, encoder="small",
         img_size=(64, 64, 64), patch_size=(16, 16, 16), head_feature_size=16, pretrain_epochs=50, finetune_epochs=30, batch_size=8,
-        img2d_size=64, n_classes_2d=10, n_test_2d=1000, transfer_size=20000, gallery_size=100000,
+        img2d_size=64, n_classes_2d=6, n_test_2d=1000, transfer_size=20000, gallery_size=100000,
         teacher="vit_small", students=("fastvit_t8", "mobilevitv2_050"), kd_epochs=30, teacher_pretrain_epochs=50,
         retrieval_sizes=(1, 3, 7, 15), amp=True, num_workers=4, provicnet_size="small", provicnet_patch=16,
         slurm_gpus=1, slurm_cpus=8, slurm_time_min=120)},
@@ -166,7 +171,7 @@ class Profile(dict):
         "A copy with `overrides` applied (checked like `load_profile`'s)."
         return load_profile(self, **overrides)
 
-_ENV_PATHS = ("manifest", "profound_ckpt", "provicnet_ckpt", "dinov2_ckpt", "image_root", "gallery_root", "cache_root")
+_ENV_PATHS = ("manifest", "profound_ckpt", "provicnet_ckpt", "dinov2_ckpt", "student_ckpt", "image_root", "gallery_root", "cache_root")
 
 def _as_tuple(v, old):
     # sizes given as lists (from JSON or papermill) become tuples like the defaults
@@ -616,25 +621,40 @@ class Timer:
     def __exit__(self, *a): self.seconds = time.perf_counter() - self.t0
 
 # %% ../nbs/00_core.ipynb #eeedeae4
-FINGERPRINTED = ("manifest", "profound_ckpt", "provicnet_ckpt", "dinov2_ckpt")
+FINGERPRINTED = ("manifest", "profound_ckpt", "provicnet_ckpt", "dinov2_ckpt", "student_ckpt")
 EXECUTION_FIELDS = ("executor", "workers", "slurm_partition", "slurm_gpus", "slurm_cpus", "slurm_time_min",
                     "slurm_array_parallelism")  # where runs execute: never part of a run key
+# fields only one side of the package reads: a run of the other side leaves them out of its key (part="3d" / "2d")
+FIELDS_2D = ("img2d_size", "n_classes_2d", "labels_per_class", "n_test_2d", "transfer_size", "gallery_size", "teacher",
+             "students", "kd_epochs", "kd_temperature", "teacher_pretrain_epochs", "teacher_lr", "teacher_pool",
+             "kd_finetune_steps", "n_views", "retrieval_sizes", "dinov2_ckpt", "image_root",
+             "gallery_root", "student_pool_size", "student_pretrain_epochs", "student_ckpt")
+FIELDS_3D = ("vol_size", "n_train", "n_val", "n_test", "n_unlabeled", "sr_factor", "spacing", "encoder", "img_size",
+             "patch_size", "head_feature_size", "provicnet_size", "provicnet_patch", "pretrain_epochs", "pretrain_lr",
+             "mask_ratio", "layer_decay", "warmup_epochs", "manifest", "profound_ckpt", "provicnet_ckpt")
+PARTS = {None: (), "3d": FIELDS_2D + ("seeds",), "2d": FIELDS_3D + ("seeds",)}
 
 def result_fields(profile: Mapping, # a `Profile`
+                  part: str | None = None, # "3d" / "2d": only the fields runs of that side read (and no `seeds` list)
                  ) -> dict:
     "The profile without its execution fields: what a run's result depends on (the profile part of every run key)."
-    return {k: v for k, v in profile.items() if k not in EXECUTION_FIELDS}
+    drop = set(EXECUTION_FIELDS) | set(PARTS[check_choice(part, PARTS, "part")])
+    return {k: v for k, v in profile.items() if k not in drop}
 
 
 def run_key(profile: Mapping, # a `Profile`
             seed: int, # the experiment's seed
+            part: str | None = None, # "3d" / "2d": the key of that side's runs (`result_fields`)
            ) -> dict:
     "The cache key of an experiment's runs: the profile, the seed and the sha256 of the files its paths name."
     files = {}
+    def fingerprint(k, value):
+        path = Path(value).expanduser()
+        if path.is_file(): return sha256_file(path)
+        if path.is_dir(): return {f.name: sha256_file(f) for f in sorted(path.iterdir()) if f.is_file()}
+        raise ConfigError(f"{k} not found: {path}")
     for k in FINGERPRINTED:
-        if not profile.get(k): continue
-        path = Path(profile[k]).expanduser()
-        if path.is_file(): files[k] = sha256_file(path)
-        elif path.is_dir(): files[k] = {f.name: sha256_file(f) for f in sorted(path.iterdir()) if f.is_file()}
-        else: raise ConfigError(f"{k} not found: {path}")
-    return {**result_fields(profile), "seed": int(seed), **({"files": files} if files else {})}
+        if not profile.get(k) or k in PARTS[part]: continue
+        v = profile[k]  # a path, or {name: path} (student_ckpt per student)
+        files[k] = {n: fingerprint(k, q) for n, q in sorted(v.items())} if isinstance(v, Mapping) else fingerprint(k, v)
+    return {**result_fields(profile, part), "seed": int(seed), **({"files": files} if files else {})}

@@ -29,14 +29,14 @@ from .core import (TASK_SPECS, TASKS, ConfigError, DataError, Profile, VFMTransf
                                check_choice, load_profile)
 
 # %% auto #0
-__all__ = ['CHANNELS', 'CS_RADIUS', 'CS_CONTRAST', 'FOV_MM', 'SPLITS', 'SHAPES_2D', 'DOMAINS_2D', 'N_DOMAINS_2D',
-           'GALLERY_TARGET_FRACTION', 'PRETRAIN_START', 'PRETRAIN_SEED', 'NIFTI_SUFFIXES', 'MANIFEST_COLUMNS',
-           'MASK_COLUMNS', 'DEFAULT_SPACING', 'IMAGE_SUFFIXES', 'zscore_nonzero', 'denormalize', 'synthetic_affine',
-           'is_significant', 'generate_case', 'SyntheticProstate', 'through_plane_degrade', 'epi_displacement',
-           'apply_displacement', 'TaskDataset', 'make_task_dataset', 'unlabeled_dataset', 'render_2d',
-           'SyntheticImages2D', 'make_pretrain_pool', 'make_kd_datasets', 'load_volume', 'save_volume',
-           'ProstateManifest', 'write_synthetic_manifest', 'ImageFolderDataset', 'image_folder_kd_datasets',
-           'item_image', 'dataset_key']
+__all__ = ['CHANNELS', 'CS_RADIUS', 'CS_CONTRAST', 'FOV_MM', 'SPLITS', 'SHAPES_2D', 'DOMAINS_2D', 'N_DOMAINS_2D', 'CAPTION_VOCAB',
+           'GALLERY_TARGET_FRACTION', 'PRETRAIN_START', 'PRETRAIN_SEED', 'STUDENT_POOL_START', 'STUDENT_POOL_SEED',
+           'NIFTI_SUFFIXES', 'MANIFEST_COLUMNS', 'MASK_COLUMNS', 'DEFAULT_SPACING', 'IMAGE_SUFFIXES', 'zscore_nonzero',
+           'denormalize', 'synthetic_affine', 'is_significant', 'generate_case', 'SyntheticProstate',
+           'through_plane_degrade', 'epi_displacement', 'apply_displacement', 'TaskDataset', 'make_task_dataset',
+           'unlabeled_dataset', 'layout_2d', 'render_2d', 'caption_2d', 'SyntheticImages2D', 'make_pretrain_pool',
+           'make_student_pool', 'make_kd_datasets', 'load_volume', 'save_volume', 'ProstateManifest',
+           'write_synthetic_manifest', 'ImageFolderDataset', 'image_folder_kd_datasets', 'item_image', 'dataset_key']
 
 # %% ../nbs/01_data.ipynb #60faf93f
 CHANNELS = ("t2w", "dwi", "adc")  # ProFound's channel order
@@ -378,6 +378,12 @@ def _shape_mask(k: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _smooth2d(rng, size, coarse):
     return _smooth_field(rng, (size, size), coarse)
 
+def layout_2d(rng: np.random.Generator, # the image's own generator, before anything else is drawn from it
+             ) -> tuple[float, float, float, float, float]:
+    "The object's placement, the first draws of an image's generator: centre (cx, cy), radius, rotation, stretch."
+    cx, cy, r = rng.uniform(-0.35, 0.35), rng.uniform(-0.35, 0.35), rng.uniform(0.32, 0.55)
+    return cx, cy, r, rng.uniform(-0.35, 0.35), rng.uniform(0.85, 1.15)
+
 def render_2d(label: int, # the class (shape index)
               domain: int, # the style (0 = target)
               rng: np.random.Generator, # the image's own generator
@@ -386,8 +392,7 @@ def render_2d(label: int, # the class (shape index)
     "Render one image (3, size, size) float32 in [0, 1] and its object mask (size, size) bool."
     a = np.linspace(-1, 1, size, dtype=np.float32)
     v, u = np.meshgrid(a, a, indexing="ij")
-    cx, cy, r = rng.uniform(-0.35, 0.35), rng.uniform(-0.35, 0.35), rng.uniform(0.32, 0.55)
-    th, st = rng.uniform(-0.35, 0.35), rng.uniform(0.85, 1.15)
+    cx, cy, r, th, st = layout_2d(rng)
     uu, vv = (u - cx) / (r * st), (v - cy) * st / r
     mask = _shape_mask(label, np.cos(th) * uu + np.sin(th) * vv, -np.sin(th) * uu + np.cos(th) * vv)
     m = mask.astype(np.float32)
@@ -418,6 +423,21 @@ def render_2d(label: int, # the class (shape index)
         img = bg * (1 - m) + rng.uniform(0.45, 0.75) * m + 0.02 * rng.standard_normal((3, size, size))
     return np.clip(img, 0, 1).astype(np.float32), mask
 
+# %% ../nbs/01_data.ipynb #319f9f34
+CAPTION_VOCAB = (*DOMAINS_2D, "small", "medium", "large", "top", "middle", "bottom", "left", "centre", "right")
+
+def _bucket(x: float, edges: tuple[float, float]) -> int:
+    return int(x > edges[0]) + int(x > edges[1])
+
+def caption_2d(domain: int, # the image's domain
+               rng: np.random.Generator, # a fresh generator seeded as the image's (its first draws are the layout)
+              ) -> list[int]:
+    "Four word ids into `CAPTION_VOCAB`: domain, size, vertical and horizontal position of the object (no shape)."
+    cx, cy, r, _, _ = layout_2d(rng)
+    w = CAPTION_VOCAB.index
+    return [int(domain), w(("small", "medium", "large")[_bucket(r, (0.397, 0.473))]),
+            w(("top", "middle", "bottom")[_bucket(cy, (-0.117, 0.117))]), w(("left", "centre", "right")[_bucket(cx, (-0.117, 0.117))])]
+
 # %% ../nbs/01_data.ipynb #9b6ff6b8
 class SyntheticImages2D(Dataset):
     "2-D shape images in one or several visual domains: items {image (3,H,W), label, domain[, mask]}."
@@ -430,9 +450,12 @@ class SyntheticImages2D(Dataset):
                  segmentation: bool = False, # also return `mask` (0 background, c + 1 object of class c)
                  start: int = 0, # index of the first image (disjoint ranges give disjoint datasets)
                  cache: bool = True, # keep rendered images in memory
+                 class_offset: int = 0, # label c is shape `class_offset + c`: another label space of the same generator
+                 captions: bool = False, # also return `caption`: word ids (CAPTION_VOCAB) describing all but the shape
                 ):
-        if not 1 <= n_classes <= len(SHAPES_2D):
-            raise ConfigError(f"n_classes must be in 1..{len(SHAPES_2D)} (the shapes {SHAPES_2D}), got {n_classes}")
+        if not 1 <= n_classes or not 0 <= class_offset or class_offset + n_classes > len(SHAPES_2D):
+            raise ConfigError(f"n_classes must be in 1..{len(SHAPES_2D) - class_offset} with class_offset {class_offset} "
+                              f"(the shapes {SHAPES_2D}), got {n_classes}")
         if size < 8: raise ConfigError(f"size must be >= 8, got {size}")
         doms = np.full(n, domain, np.int64) if np.ndim(domain) == 0 else np.asarray(domain, np.int64)
         if len(doms) != n: raise ConfigError(f"domain needs one entry per item ({n}), got {len(doms)}")
@@ -440,19 +463,22 @@ class SyntheticImages2D(Dataset):
             raise ConfigError(f"domain must be in 0..{N_DOMAINS_2D - 1} {DOMAINS_2D}, got {sorted(set(doms.tolist()))}")
         self.n, self.size, self.n_classes, self.seed, self.start = int(n), int(size), int(n_classes), int(seed), int(start)
         self.segmentation, self.cache, self._cache = segmentation, cache, {}
+        self.class_offset, self.captions = int(class_offset), bool(captions)
         self.domains = torch.from_numpy(doms)
         self.labels = (torch.arange(self.n) + self.start) % self.n_classes
-        self.classes = list(SHAPES_2D[:self.n_classes])
+        self.classes = list(SHAPES_2D[self.class_offset:self.class_offset + self.n_classes])
 
     def __len__(self): return self.n
+    def _rng(self, i): return np.random.default_rng([self.seed, int(self.domains[i]), self.start + i])
 
     def __getitem__(self, i: int) -> dict:
         if i < 0: i += self.n
         if not 0 <= i < self.n: raise IndexError(f"image {i} out of range for {self.n} images")
         if i not in self._cache:
             d, lab = int(self.domains[i]), int(self.labels[i])
-            im, mk = render_2d(lab, d, np.random.default_rng([self.seed, d, self.start + i]), self.size)
+            im, mk = render_2d(self.class_offset + lab, d, self._rng(i), self.size)
             item = dict(image=torch.from_numpy(im), label=torch.tensor(lab), domain=torch.tensor(d))
+            if self.captions: item["caption"] = torch.tensor(caption_2d(d, self._rng(i)))
             if self.segmentation: item["mask"] = torch.from_numpy(mk.astype(np.int64) * (lab + 1))
             if not self.cache: return item
             self._cache[i] = item
@@ -474,6 +500,23 @@ def make_pretrain_pool(profile: str | Profile = "tiny", # img2d_size, n_classes_
     return SyntheticImages2D(n, size=p.img2d_size, n_classes=p.n_classes_2d, domain=doms, seed=PRETRAIN_SEED,
                              start=PRETRAIN_START, segmentation=segmentation)
 
+STUDENT_POOL_START = 2 * 10**9  # the students' generic pretraining pool: a range of its own
+STUDENT_POOL_SEED = 2**21 + 11
+
+def make_student_pool(profile: str | Profile = "tiny", # img2d_size, n_classes_2d, student_pool_size (or transfer_size + gallery_size)
+                      captions: bool = True, # items carry `caption` (the CLIP analogue's text)
+                     ) -> SyntheticImages2D:
+    "The pretraining pool of the student baselines: other-domain images of the shapes the target does not use."
+    p = load_profile(profile)
+    C = int(p.n_classes_2d or 0)
+    if not 1 <= C < len(SHAPES_2D):
+        raise ConfigError(f"the student baselines pretrain on the shapes the target does not use: n_classes_2d must be "
+                          f"in 1..{len(SHAPES_2D) - 1}, got {p.n_classes_2d}")
+    n = int(p.get("student_pool_size") or int(p.transfer_size) + int(p.gallery_size))
+    if n < 1: raise ConfigError(f"student_pool_size must be >= 1, got {n}")
+    doms = np.random.default_rng([STUDENT_POOL_SEED, 2026]).integers(1, N_DOMAINS_2D, n)  # never domain 0 (the target)
+    return SyntheticImages2D(n, size=p.img2d_size, n_classes=len(SHAPES_2D) - C, class_offset=C, domain=doms,
+                             seed=STUDENT_POOL_SEED, start=STUDENT_POOL_START, captions=captions)
 
 def make_kd_datasets(profile: str | Profile = "tiny", # img2d_size, n_classes_2d, labels_per_class, n_test_2d, transfer_size, gallery_size
                      seed: int = 0, # fixes every pool

@@ -26,8 +26,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from .core import (CheckpointError, ConfigError, DataError, Profile, atomic_torch_save, atomic_write_json,
                                cache_dir, check_choice, claim, config_hash, load_profile, progress, result_fields, run_key,
-                               set_seed)
-from .data import dataset_key, make_kd_datasets, make_pretrain_pool
+                               set_seed, sha256_file)
+from .data import CAPTION_VOCAB, dataset_key, make_kd_datasets, make_pretrain_pool, make_student_pool
 from .encoders import (build_teacher_2d, dinov2_config_from_state_dict, load_pretrained, safe_load,
                                    teacher_conflict)
 from .retrieval import build_transfer_set
@@ -35,13 +35,16 @@ from .train import Recipe, fit, param_groups, resolve_device
 
 # %% auto #0
 __all__ = ['TASKS_2D', 'STUDENTS', 'TEACHER_ARCH', 'OUTPUTS', 'FEATURE_LOSSES', 'PRETRAIN_POOLS', 'TEACHER_SEED', 'IMAGENET_MEAN',
-           'IMAGENET_STD', 'TEACHER_RECIPE', 'APPROACHES', 'KD_RUN_VERSION', 'STAGE_A_RECIPE', 'TRANSFERS', 'WHICH',
-           'ImageTaskModel', 'seg_head', 'build_student', 'teacher_from_backbone', 'build_teacher', 'InputNorm',
-           'kd_loss', 'view_params', 'make_view', 'state_sha', 'TeacherCache', 'train_supervised', 'evaluate_2d',
-           'eval_epochs', 'finetune_teacher', 'finetune_student', 'distill_task', 'feature_loss', 'ProjectedFeatures',
+           'IMAGENET_STD', 'TEACHER_RECIPE', 'STUDENT_PRETRAININGS', 'STUDENT_RECIPE', 'PRETRAINED_STUDENTS',
+           'APPROACHES', 'NO_TRANSFER', 'KD_RUN_VERSION', 'STAGE_A_RECIPE', 'TRANSFERS', 'WHICH', 'ImageTaskModel',
+           'seg_head', 'build_student', 'teacher_from_backbone', 'build_teacher', 'InputNorm', 'kd_loss', 'view_params',
+           'make_view', 'state_sha', 'TeacherCache', 'train_supervised', 'evaluate_2d', 'eval_epochs',
+           'finetune_teacher', 'finetune_student', 'distill_task', 'feature_loss', 'ProjectedFeatures',
            'distill_features', 'count_flops', 'stage_flops', 'kd_datasets', 'linear_probe', 'pool_stats',
-           'teacher_checkpoints', 'dinov2_teacher', 'pretrained_teacher', 'untrained_teacher', 'labeled_epochs',
-           'kd_run_config', 'kd_run_dir', 'run_kd', 'per_image', 'metric_estimate', 'seed_effects', 'paired_runs']
+           'teacher_checkpoints', 'dinov2_teacher', 'pretrained_teacher', 'untrained_teacher', 'pretrain_checkpoints',
+           'Projector', 'CaptionTower', 'clip_loss', 'pretrained_student', 'load_student_ckpt', 'labeled_epochs',
+           'student_ckpt_path', 'kd_run_config', 'kd_run_dir', 'run_kd', 'per_image', 'metric_estimate', 'seed_effects',
+           'paired_runs', 'at_checkpoint']
 
 # %% ../nbs/07_distill.ipynb #a1ccd662
 TASKS_2D = {"classification", "segmentation"}
@@ -635,7 +638,7 @@ def _check_pair(teacher: ImageTaskModel, student: ImageTaskModel, task: str):
 
 def _distill(model: nn.Module, loss: Callable, teacher_out: Callable, cache, transfer_ds, n: int, n_views: int,
              aug_seed: int, epochs: int, lr: float, batch_size: int, seed: int, weight_decay: float, device,
-             ckpt_dir, desc: str, verbose: bool) -> dict:
+             ckpt_dir, desc: str, verbose: bool, on_epoch: Callable[[int], None] | None = None) -> dict:
     "Stage (b) on `train.fit`: `loss(model_output, teacher_output)` over an epoch's views, from the cache or live."
     dev = resolve_device(device)
     def data(epoch):
@@ -643,7 +646,7 @@ def _distill(model: nn.Module, loss: Callable, teacher_out: Callable, cache, tra
                                              seed, epoch, dev):
             yield x, target
     recipe = Recipe(model, lambda net, b: loss(net(b[0]), b[1]), data, batch_size=batch_size,
-                    steps_per_epoch=_n_batches(n, batch_size))
+                    steps_per_epoch=_n_batches(n, batch_size), on_epoch_end=on_epoch)
     h = fit(recipe, epochs, lr, weight_decay=weight_decay, seed=seed, device=dev, ckpt_dir=ckpt_dir, desc=desc,
             verbose=verbose)
     model.eval()
@@ -667,6 +670,7 @@ def distill_task(teacher: ImageTaskModel, # the fine-tuned teacher (stage a)
                  device: str = "auto",
                  ckpt_dir: str | Path | None = None, # checkpoint every epoch; the same call resumes from it
                  verbose: bool = False, # show a progress bar
+                 on_epoch: Callable[[int], None] | None = None, # called with the epoch (1-based) before its checkpoint
                 ) -> dict:
     "Stage (b): train `student` to match `teacher`'s softened task predictions on augmented transfer views."
     _check_pair(teacher, student, task)
@@ -675,7 +679,7 @@ def distill_task(teacher: ImageTaskModel, # the fine-tuned teacher (stage a)
     set_seed(seed)
     teacher.to(resolve_device(device)).eval()
     return _distill(student, lambda s, t: kd_loss(s, t, temperature), teacher, cache, transfer_ds, n, n_views,
-                    aug_seed, epochs, lr, batch_size, seed, weight_decay, device, ckpt_dir, "distill", verbose)
+                    aug_seed, epochs, lr, batch_size, seed, weight_decay, device, ckpt_dir, "distill", verbose, on_epoch)
 
 # %% ../nbs/07_distill.ipynb #eef114a7
 FEATURE_LOSSES = {"cosine", "contrastive"}
@@ -714,6 +718,7 @@ def distill_features(teacher: ImageTaskModel, # the pretrained teacher (its `fea
                      device: str = "auto",
                      ckpt_dir: str | Path | None = None, # checkpoint every epoch; the same call resumes from it
                      verbose: bool = False, # show a progress bar
+                     on_epoch: Callable[[int], None] | None = None, # called with the epoch (1-based) before its checkpoint
                     ) -> dict:
     "Task-agnostic baseline: train `student` so a linear projection of its features matches the teacher's."
     check_choice(loss, FEATURE_LOSSES, "loss")
@@ -727,7 +732,7 @@ def distill_features(teacher: ImageTaskModel, # the pretrained teacher (its `fea
             s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
         return feature_loss(s, t, loss, nce_temperature)
     return _distill(matcher, match, teacher.features, cache, transfer_ds, n, n_views, aug_seed, epochs, lr,
-                    batch_size, seed, weight_decay, device, ckpt_dir, "feature distill", verbose)
+                    batch_size, seed, weight_decay, device, ckpt_dir, "feature distill", verbose, on_epoch)
 
 # %% ../nbs/07_distill.ipynb #e2438089
 def count_flops(model: nn.Module, # any module
@@ -763,6 +768,7 @@ def stage_flops(teacher_flops: Mapping, # count_flops(teacher, (1, C, H, W))
                 distill_teacher: bool = True, # False for scratch students (no stage b)
                 teacher_probe_epochs: int = 0, # linear-probe epochs of stage (a): a teacher forward per image
                 teacher_eval_images: int = 0, # stage (a)'s validation forwards (images x evaluations)
+                student_pretrain: int = 0, # FLOPs of the student's own pretraining (the pretrained-student baselines)
                ) -> dict:
     "FLOPs per stage of a KD run from per-image costs and the epochs that ran; includes 'student_pretraining' and 'total'."
     tf, sf = teacher_flops, student_flops
@@ -773,8 +779,10 @@ def stage_flops(teacher_flops: Mapping, # count_flops(teacher, (1, C, H, W))
                                 + teacher_eval_images * tf["forward"],
                teacher_outputs=t_out,
                student_distill=n_transfer * kd_epochs * sf["total"] if distill_teacher else 0,
+               student_pretrain=student_pretrain,
                student_finetune=n_labeled * student_epochs * sf["total"])
-    out["student_pretraining"] = out["teacher_outputs"] + out["student_distill"]
+    # everything spent on the student's weights before its fine-tuning on the labels, but the VFM's own pretraining
+    out["student_pretraining"] = out["teacher_finetune"] + out["teacher_outputs"] + out["student_distill"] + student_pretrain
     out["total"] = sum(v for k, v in out.items() if k != "student_pretraining")
     return {k: int(v) for k, v in out.items()}
 
@@ -853,8 +861,8 @@ def pool_stats(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 def teacher_checkpoints(epochs: int, # the teacher's pretraining epochs
                        ) -> list[int]:
-    "The epochs at which teacher pretraining keeps a checkpoint: a quarter, half and all of the run."
-    return sorted({max(1, epochs // 4), max(1, epochs // 2), int(epochs)})
+    "The epochs at which teacher pretraining keeps a checkpoint: `pretrain_checkpoints` (a quarter, half and all)."
+    return pretrain_checkpoints(epochs)
 
 def dinov2_teacher(path: str | Path, # a DINOv2 checkpoint (facebookresearch/dinov2's layout, or timm's)
                    img_size: int, # the teacher's input size (a multiple of the file's patch size)
@@ -982,9 +990,186 @@ def untrained_teacher(profile: str | Mapping = "tiny", # a profile name, a mappi
     return InputNorm(vit, mean, std), {"source": f"random init (seed {seed}), no pretraining", "n_pretrain": 0, "epochs": 0}
 
 
+# %% ../nbs/07_distill.ipynb #ee7c6383
+STUDENT_PRETRAININGS = ("supervised", "simclr", "clip")
+STUDENT_RECIPE = dict(embed_dim=64, temperature=0.1)  # projector width and contrastive temperature (simclr, clip)
+
+def pretrain_checkpoints(epochs: int, # the run's epochs
+                        ) -> list[int]:
+    "The epochs at which a pretraining run keeps a checkpoint: a quarter, half and all of it."
+    return sorted({max(1, epochs // 4), max(1, epochs // 2), int(epochs)})
+
+class Projector(nn.Module):
+    "A student's backbone and pooled features under a 2-layer MLP: the image tower of simclr and clip."
+    def __init__(self, student: ImageTaskModel, dim: int = 64):
+        super().__init__()
+        self.backbone, self._feature_fn = student.backbone, student._feature_fn
+        d = student.feature_dim
+        self.proj = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, dim))
+    def forward(self, x): return self.proj(self._feature_fn(self.backbone, x))
+
+class CaptionTower(nn.Module):
+    "The clip baseline's text tower: the mean of the caption's word embeddings, then a linear map."
+    def __init__(self, dim: int = 64, n_words: int = len(CAPTION_VOCAB)):
+        super().__init__()
+        self.emb, self.proj = nn.EmbeddingBag(n_words, dim, mode="mean"), nn.Linear(dim, dim)
+    def forward(self, words): return self.proj(self.emb(words))
+
+def clip_loss(img: torch.Tensor, # (B, d) image embeddings
+              txt: torch.Tensor, # (B, d) caption embeddings
+              words: torch.Tensor, # (B, L) the captions: equal rows are the same caption
+              temperature: float = 0.1) -> torch.Tensor:
+    "CLIP's symmetric contrastive loss, with every item of an equal caption a positive (soft targets)."
+    img, txt = F.normalize(img.float(), dim=1), F.normalize(txt.float(), dim=1)
+    logits = img @ txt.T / temperature
+    same = (words[:, None, :] == words[None, :, :]).all(-1).float()
+    target = same / same.sum(1, keepdim=True)
+    return 0.5 * (-(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.log_softmax(0)).sum(0).mean())
+
+class _ImageText(nn.Module):
+    def __init__(self, image: Projector, text: CaptionTower):
+        super().__init__()
+        self.image, self.text = image, text
+
+def _pool_batches(items: list, batch_size: int, seed: int, method: str, aug_seed: int):
+    "epoch -> that epoch's batches for `method`, a pure function of (seed, epoch)."
+    def data(epoch: int):
+        for b in _batches(len(items), batch_size, np.random.default_rng([seed, epoch])):
+            if method == "clip":
+                yield torch.stack([items[i]["image"] for i in b]), torch.stack([items[i]["caption"] for i in b])
+            else:  # two fresh views per image and epoch (view ids 2 epoch, 2 epoch + 1)
+                yield torch.stack([make_view(items[i]["image"], int(i), 2 * epoch + j, aug_seed) for j in (0, 1) for i in b])
+    return data
+
+def _pretraining_model(method: str, student: ImageTaskModel, img_size: int):
+    "(the trained module, the loss of one batch or None for cross-entropy, FLOPs per image of one step)."
+    size = (1, 3, img_size, img_size)
+    if method == "supervised":
+        return student, None, count_flops(student, size)["total"]
+    proj = Projector(student, STUDENT_RECIPE["embed_dim"])
+    T = STUDENT_RECIPE["temperature"]
+    if method == "simclr":
+        def loss(net, batch):
+            z = net(batch)
+            z1, z2 = z.chunk(2)
+            return 0.5 * (feature_loss(z1, z2, "contrastive", T) + feature_loss(z2, z1, "contrastive", T))
+        return proj, loss, 2 * count_flops(proj, size)["total"]  # two views per image
+    model = _ImageText(proj, CaptionTower(STUDENT_RECIPE["embed_dim"]))
+    def loss(net, batch):
+        x, words = batch
+        net = getattr(net, "module", net)
+        return clip_loss(net.image(x), net.text(words), words, T)
+    return model, loss, count_flops(proj, size)["total"]
+
+def pretrained_student(method: str = "supervised", # one of STUDENT_PRETRAININGS
+                       student: str = "student_tiny", # one of STUDENTS
+                       profile: str | Mapping = "tiny", # img2d_size, n_classes_2d, student_pool_size, student_pretrain_epochs
+                       seed: int = 0, # the student's init, the batch order and the views
+                       device: str = "auto",
+                       root: str | Path | None = None, # cache root
+                       at_epoch: int | None = None, # an intermediate checkpoint (one of `pretrain_checkpoints(epochs)`)
+                      ) -> tuple[dict, dict]:
+    "(the classification student's backbone state dict, info) after `method` pretraining; cached with its checkpoints."
+    check_choice(method, STUDENT_PRETRAININGS, "method"); check_choice(student, STUDENTS, "student")
+    p = load_profile(profile)
+    if p.get("image_root"):
+        raise ConfigError("with image folders the pretrained-student arms take a checkpoint from disk (student_ckpt); "
+                          "in-run student pretraining uses the synthetic generator's pool")
+    epochs = int(p.get("student_pretrain_epochs") or p.teacher_pretrain_epochs)
+    lr = float(p.get("teacher_lr") or 1e-3)
+    keep = pretrain_checkpoints(epochs)
+    if at_epoch is not None and at_epoch not in keep:
+        raise ConfigError(f"at_epoch={at_epoch}: a {epochs}-epoch student pretraining run keeps checkpoints at epochs {keep}")
+    pool = make_student_pool(p, captions=method == "clip")
+    cfg = dict(stage="student_pretrain", method=method, student=student, img=p.img2d_size, seed=int(seed),
+               pool=dataset_key(pool), epochs=epochs, lr=lr, recipe={**TEACHER_RECIPE, **STUDENT_RECIPE}, checkpoints=keep)
+    d = cache_dir(cfg, kind="student_pretrain", root=root)
+    set_seed(seed)
+    s = build_student(student, pool.n_classes, p.img2d_size)
+    model, loss, per_image = _pretraining_model(method, s, p.img2d_size)
+    with claim(d):  # one process pretrains it; the others wait here and load it
+        if not (d / "backbone.pt").exists():
+            def keep_checkpoint(epoch):  # written before the epoch's own checkpoint, so a resumed run still has it
+                if epoch in keep and epoch != epochs:
+                    atomic_torch_save({k: v.detach().cpu().clone() for k, v in s.backbone.state_dict().items()},
+                                      d / f"backbone_epoch{epoch}.pt")
+            t0 = time.perf_counter()
+            if method == "supervised":
+                h = train_supervised(s, pool, epochs=epochs, lr=lr, seed=seed, device=device, on_epoch=keep_checkpoint,
+                                     ckpt_dir=d / "train", desc="student pretraining (supervised)", **TEACHER_RECIPE)
+                losses, resumed = h["loss"], h["resumed_from"]
+            else:
+                items = [pool[i] for i in range(len(pool))]
+                bs, rec = TEACHER_RECIPE["batch_size"], TEACHER_RECIPE
+                recipe = Recipe(model, loss, _pool_batches(items, bs, seed, method, aug_seed=seed), batch_size=bs,
+                                steps_per_epoch=_n_batches(len(items), bs), on_epoch_end=keep_checkpoint,
+                                param_groups=param_groups(model, lr, rec["weight_decay"]))
+                h = fit(recipe, epochs, lr, weight_decay=rec["weight_decay"], warmup_epochs=rec["warmup"] * epochs,
+                        seed=seed, device=resolve_device(device), ckpt_dir=d / "train",
+                        desc=f"student pretraining ({method})", verbose=False)
+                losses, resumed = [r["train_loss"] for r in h.rows], h.meta["resumed_from"]
+            atomic_write_json(d / "info.json", dict(loss=losses, resumed_from=resumed, flops_per_image_epoch=int(per_image),
+                                                    pretrain_seconds=time.perf_counter() - t0))
+            atomic_torch_save({k: v.detach().cpu().clone() for k, v in s.backbone.state_dict().items()},
+                              d / "backbone.pt")  # written last: it marks the cache complete
+    info = json.loads((d / "info.json").read_text())
+    e = epochs if at_epoch is None else int(at_epoch)
+    path = d / ("backbone.pt" if e == epochs else f"backbone_epoch{e}.pt")
+    state = safe_load(path)
+    info.update(method=method, student=student, epochs=e, of_epochs=epochs, n_pretrain=len(pool),
+                pool_classes=list(pool.classes), flops=int(per_image) * len(pool) * e,
+                source=f"{method} pretraining on the student pool ({len(pool)} images), epoch {e} of {epochs}")
+    return state, info
+
+# %% ../nbs/07_distill.ipynb #79b26ae4
+def _state_of(obj: Any, path) -> dict:
+    "The tensor dict inside a checkpoint (bare, or under 'state_dict' / 'model'), without DDP's 'module.' prefix."
+    for k in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping): obj = obj[k]
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"student_ckpt {str(path)!r} holds no state dict of tensors (got {type(obj).__name__})")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+def _arch_share(state: Mapping, arch: str) -> float:
+    "The share of `arch`'s (num_classes=0) keys that `state` holds with the same shape."
+    with torch.device("meta"): ref = timm.create_model(arch, pretrained=False, num_classes=0).state_dict()
+    return sum(k in state and tuple(state[k].shape) == tuple(v.shape) for k, v in ref.items()) / max(1, len(ref))
+
+def load_student_ckpt(student: ImageTaskModel, # a classification student from `build_student`
+                      path: str | Path, # a timm state dict of the student's architecture
+                     ) -> dict:
+    "Load `path` strictly into `student.backbone` (its classifier dropped); a report of the keys, or `CheckpointError`."
+    if student.task != "classification":
+        raise ConfigError("student_ckpt loads into a classification student (a timm backbone with num_classes=0)")
+    path = Path(path).expanduser()
+    state = _state_of(safe_load(path), path)
+    own = student.backbone.state_dict()
+    clf = (getattr(student.backbone, "pretrained_cfg", None) or {}).get("classifier") or "classifier"
+    head = sorted(k for k in state if k not in own and k.startswith(clf + "."))
+    state = {k: v for k, v in state.items() if k not in head}
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shape = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shape:
+        arch = STUDENTS[student.name] if student.name in STUDENTS else type(student.backbone).__name__
+        shares = {n: _arch_share(state, a) for n, a in STUDENTS.items()}
+        best = max(shares, key=shares.get)
+        like = (f"it looks like {best!r} (timm {STUDENTS[best]}: {shares[best]:.0%} of its keys and shapes match)"
+                if shares[best] >= 0.5 and best != student.name else
+                f"it matches none of the students {sorted(STUDENTS)} (best {best!r}, {shares[best]:.0%})")
+        ex = lambda ks: ", ".join(ks[:3]) + (" ..." if len(ks) > 3 else "")
+        raise CheckpointError(
+            f"student_ckpt {str(path)!r} does not fit student {student.name!r} (timm {arch}): {len(missing)} missing"
+            + (f" ({ex(missing)})" if missing else "") + f", {len(unexpected)} unexpected"
+            + (f" ({ex(unexpected)})" if unexpected else "") + f", {len(shape)} of the wrong shape"
+            + (f" ({ex(shape)})" if shape else "") + f"; {like}")
+    student.backbone.load_state_dict(state, strict=True)
+    return dict(path=str(path), sha256=sha256_file(path), loaded=len(state), dropped_classifier=head)
+
 # %% ../nbs/07_distill.ipynb #3ccecfbc
-APPROACHES = {"scratch", "scratch_matched", "feature", "task", "task_random_teacher"}
-KD_RUN_VERSION = 2  # in every run's key: results of older code (no per-image scores) are not reused
+PRETRAINED_STUDENTS = {f"pretrained_{m}": m for m in STUDENT_PRETRAININGS}  # run_kd approach -> `pretrained_student` method
+APPROACHES = {"scratch", "scratch_matched", "feature", "task", "task_random_teacher", "pretrained_ckpt", *PRETRAINED_STUDENTS}
+NO_TRANSFER = {"scratch", "pretrained_ckpt", *PRETRAINED_STUDENTS}  # approaches that use no transfer set
+KD_RUN_VERSION = 3  # in every run's key: results of older code (no curves, older FLOP fields) are not reused
 STAGE_A_RECIPE = dict(backbone_lr_scale=0.1)  # with a linear probe of as many epochs first (LP-FT)
 
 def labeled_epochs(profile: Profile, # uses finetune_epochs and (if present) kd_finetune_steps
@@ -1004,6 +1189,18 @@ def _transfer_set(transfer, data: dict, labeled: Dataset, profile: Profile, seed
                             device=device, root=root)
     return ds, "retrieved"
 
+def student_ckpt_path(profile: Mapping, # uses student_ckpt: one path, or {student: path}
+                      student: str) -> Path:
+    "The `student_ckpt` file of `student`, or `ConfigError` saying what to set."
+    v = profile.get("student_ckpt")
+    path = v.get(student) if isinstance(v, Mapping) else v
+    if not path:
+        raise ConfigError(f"approach 'pretrained_ckpt' needs student_ckpt (a timm state dict of {student!r} on disk, or "
+                          f"{{student: path}}; a papermill parameter or $VFM_TRANSFER_STUDENT_CKPT)")
+    path = Path(path).expanduser()
+    if not path.is_file(): raise ConfigError(f"student_ckpt not found: {path}")
+    return path
+
 def kd_run_config(approach: str = "task", transfer: str | Dataset = "in_domain", labels_per_class: int = 5,
                   student: str = "student_tiny", profile: str | Mapping = "tiny", seed: int = 0,
                   task: str = "classification", feature_loss: str = "cosine", n_neighbors: int | None = None,
@@ -1015,12 +1212,16 @@ def kd_run_config(approach: str = "task", transfer: str | Dataset = "in_domain",
     p = load_profile(profile)
     check_choice(labels_per_class, set(p.labels_per_class), "labels_per_class")
     if isinstance(transfer, str): check_choice(transfer, TRANSFERS, "transfer")
-    elif approach != "scratch": _check_transfer(transfer, "transfer")
-    transfer_id = None if approach == "scratch" else transfer if isinstance(transfer, str) else dataset_key(transfer)
+    elif approach not in NO_TRANSFER: _check_transfer(transfer, "transfer")
+    transfer_id = None if approach in NO_TRANSFER else transfer if isinstance(transfer, str) else dataset_key(transfer)
+    if approach in PRETRAINED_STUDENTS and task != "classification":
+        raise ConfigError(f"{approach}: the pretrained-student baselines pretrain a classification backbone; run them "
+                          "with task='classification'")
+    if approach == "pretrained_ckpt": student_ckpt_path(p, student)  # checked now: the run key fingerprints the file
     if approach == "scratch_matched" and n_neighbors is not None and transfer != "retrieved":
         raise ConfigError("n_neighbors only applies to transfer='retrieved'")
     run_cfg = dict(stage="kd", approach=approach, transfer=transfer_id, k=labels_per_class, student=student,
-                   profile=run_key(p, seed), task=task, feature_loss=feature_loss if approach == "feature" else None,
+                   profile=run_key(p, seed, "2d"), task=task, feature_loss=feature_loss if approach == "feature" else None,
                    n_neighbors=n_neighbors, batch_size=batch_size, pretrain_pool=pretrain_pool, teacher_epoch=teacher_epoch,
                    version=KD_RUN_VERSION)
     return p, run_cfg
@@ -1038,7 +1239,7 @@ def _stage_a(p: Profile, vit: nn.Module, pre: dict, C: int, seg: bool, task: str
     teacher = teacher_from_backbone(vit, C, seg, name=p.teacher)
     every = max(1, math.ceil(epochs / 10))
     cfg = dict(stage="finetune", pre=pre.get("source"), backbone=state_sha(vit), teacher=p.teacher, task=task,
-               k=k, seed=seed, profile=result_fields(p), recipe=STAGE_A_RECIPE, epochs=epochs,
+               k=k, seed=seed, profile=result_fields(p, "2d"), recipe=STAGE_A_RECIPE, epochs=epochs,
                select=dict(split="val", n=len(val), every=every))
     d = cache_dir(cfg, kind="teacher", root=root)
     with claim(d):  # one process fine-tunes this teacher; the others wait here and load it
@@ -1054,7 +1255,7 @@ def _stage_a(p: Profile, vit: nn.Module, pre: dict, C: int, seg: bool, task: str
             atomic_torch_save(teacher.cpu().state_dict(), d / "teacher.pt")  # written last: it marks the cache complete
     return teacher, sel
 
-def run_kd(approach: str = "task", # one of APPROACHES: "scratch", "feature", "task", "task_random_teacher", "scratch_matched"
+def run_kd(approach: str = "task", # one of APPROACHES: "scratch", "feature", "task", "task_random_teacher", "scratch_matched", "pretrained_*"
            transfer: str | Dataset = "in_domain", # "generic", "in_domain", "retrieved" or a dataset
            labels_per_class: int = 5, # one of profile.labels_per_class
            student: str = "student_tiny", # one of STUDENTS
@@ -1069,7 +1270,7 @@ def run_kd(approach: str = "task", # one of APPROACHES: "scratch", "feature", "t
            pretrain_pool: str | None = None, # the tiny teacher's pretraining pool (default profile.teacher_pool, else "disjoint")
            teacher_epoch: int | None = None, # use this intermediate checkpoint of the teacher's pretraining run
           ) -> dict:
-    "One KD experiment: teacher, transfer set, distillation, student fine-tuning; test metric (and per image), FLOPs, seconds."
+    "One KD experiment: teacher, transfer set, distillation (or the student's own pretraining), fine-tuning; test metric, FLOPs, seconds."
     p, run_cfg = kd_run_config(approach, transfer, labels_per_class, student, profile, seed, task, feature_loss,
                                n_neighbors, batch_size, pretrain_pool, teacher_epoch)
     # the run's folder: a complete run is loaded, an interrupted one resumes its stage (b) or (c) checkpoint
@@ -1088,11 +1289,27 @@ def run_kd(approach: str = "task", # one of APPROACHES: "scratch", "feature", "t
         secs["teacher_pretrain"] = time.perf_counter() - t0
         set_seed(seed)  # the student's and the heads' initial weights
         s = build_student(student, C, p.img2d_size, seg)
+        pre_s, keep_s = {"flops": 0}, []  # the student's own pretraining (baselines) and its checkpoints
+        if approach in PRETRAINED_STUDENTS:
+            t0 = time.perf_counter()
+            state, pre_s = pretrained_student(PRETRAINED_STUDENTS[approach], student, p, seed, device, root)
+            s.backbone.load_state_dict(state)
+            keep_s = pretrain_checkpoints(pre_s["of_epochs"])
+            secs["student_pretrain"] = time.perf_counter() - t0
+        elif approach == "pretrained_ckpt":
+            pre_s = {"flops": 0, "report": load_student_ckpt(s, student_ckpt_path(p, student))}
         size = (1, 3, p.img2d_size, p.img2d_size)
         tf, sf = count_flops(teacher_from_backbone(vit, C, seg), size), count_flops(s, size)
         res = dict(approach=approach, task=task, labels_per_class=labels_per_class, student=student, seed=seed,
                    profile=p.get("name"), n_labeled=len(labeled), transfer=None, n_transfer=0,
                    test_key=dataset_key(data["test"]), teacher_source=pre.get("source"))
+        if approach in PRETRAINED_STUDENTS or approach == "pretrained_ckpt":
+            res["student_pretraining"] = {k: v for k, v in pre_s.items() if k != "loss"}
+        snaps = run_dir / "distill"
+        keep_b = pretrain_checkpoints(p.kd_epochs)
+        def snapshot(epoch):  # stage (b)'s intermediate students, for the compute curve (kd_compute)
+            if epoch in keep_b and epoch != p.kd_epochs:
+                atomic_torch_save({k: v.detach().cpu().clone() for k, v in s.state_dict().items()}, snaps / f"student_epoch{epoch}.pt")
         common = dict(seed=seed, device=device, batch_size=batch_size)
         n_transfer, teacher_epochs, kd_hist, n_eval = 0, 0, None, 0
         distills = approach in ("feature", "task", "task_random_teacher")
@@ -1115,13 +1332,13 @@ def run_kd(approach: str = "task", # one of APPROACHES: "scratch", "feature", "t
                 secs["teacher_cache"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 kd_hist = distill_task(teacher, s, ds, task, temperature=p.kd_temperature, epochs=p.kd_epochs, lr=p.lr,
-                                       cache=cache, ckpt_dir=run_dir / "distill", **common)
+                                       cache=cache, ckpt_dir=snaps, on_epoch=snapshot, **common)
             else:
                 teacher = teacher_from_backbone(vit, C, seg, name=p.teacher)
                 cache = TeacherCache(teacher, ds, n_views=p.n_views, aug_seed=seed, root=root, device=device,
                                      output="features")
                 kd_hist = distill_features(teacher, s, ds, loss=feature_loss, epochs=p.kd_epochs, lr=p.lr, cache=cache,
-                                           ckpt_dir=run_dir / "distill", **common)
+                                           ckpt_dir=snaps, on_epoch=snapshot, **common)
             secs["distill"] = time.perf_counter() - t0
         student_epochs = ft_epochs
         if approach == "scratch_matched":  # as many steps as stage (b) on this transfer set plus stage (c)
@@ -1140,14 +1357,36 @@ def run_kd(approach: str = "task", # one of APPROACHES: "scratch", "feature", "t
         res["finetune_epochs"] = int(student_epochs)
         # FLOPs of the steps that ran: stage (a) is a probe and a fine-tune of `teacher_epochs` each plus its validation
         # passes, stage (b) `kd_epochs` over the transfer set, stage (c) `student_epochs` over the labels
-        res["flops"] = stage_flops(tf, sf, n_transfer=n_transfer if distills else 0, n_views=p.n_views,
-                                   kd_epochs=p.kd_epochs, n_labeled=len(labeled), teacher_epochs=teacher_epochs,
-                                   teacher_probe_epochs=teacher_epochs, teacher_eval_images=n_eval,
-                                   student_epochs=student_epochs, n_pretrain=pre["n_pretrain"] if distills else 0,
-                                   pretrain_epochs=pre["epochs"], distill_teacher=distills)
+        flops = lambda kd_epochs=p.kd_epochs, student_pretrain=pre_s["flops"]: stage_flops(
+            tf, sf, n_transfer=n_transfer if distills else 0, n_views=p.n_views, kd_epochs=kd_epochs,
+            n_labeled=len(labeled), teacher_epochs=teacher_epochs, teacher_probe_epochs=teacher_epochs,
+            teacher_eval_images=n_eval, student_epochs=student_epochs, n_pretrain=pre["n_pretrain"] if distills else 0,
+            pretrain_epochs=pre["epochs"], distill_teacher=distills, student_pretrain=student_pretrain)
+        res["flops"] = flops()
         res["flops_per_image"] = {"teacher": tf, "student": sf}
         res["kd_loss"] = kd_hist["loss"] if kd_hist else []
         res["finetune_loss"] = ft["loss"]
+        # the compute curve: each intermediate student (stage b's, or its own pretraining's) fine-tuned as the final one
+        points = [(e, lambda m, e=e: m.load_state_dict(safe_load(snaps / f"student_epoch{e}.pt")), flops(kd_epochs=e))
+                  for e in (keep_b[:-1] if distills else [])]
+        for e in keep_s[:-1]:
+            st, info_e = pretrained_student(PRETRAINED_STUDENTS[approach], student, p, seed, device, root, at_epoch=e)
+            points.append((e, lambda m, st=st: m.backbone.load_state_dict(st), flops(student_pretrain=info_e["flops"])))
+        t0, res["curve"] = time.perf_counter(), []
+        for e, load, fl in points:
+            set_seed(seed)
+            s_e = build_student(student, C, p.img2d_size, seg)
+            load(s_e)
+            finetune_student(s_e, labeled, task, epochs=student_epochs, lr=p.lr, seed=seed, device=device,
+                             batch_size=bs_c, ckpt_dir=run_dir / f"finetune_epoch{e}")
+            ev = evaluate_2d(s_e, data["test"], device=device)
+            res["curve"].append(dict(epoch=e, student_pretraining_flops=fl["student_pretraining"],
+                                     metric=ev["miou" if seg else "accuracy"], **{k: v for k, v in ev.items() if isinstance(v, list)}))
+        if distills or keep_s:  # the run's own result is the curve's last point
+            last = keep_b[-1] if distills else keep_s[-1]
+            res["curve"].append(dict(epoch=last, student_pretraining_flops=res["flops"]["student_pretraining"], metric=res["metric"],
+                                     **{k: res[k] for k in ("correct", "per_image_iou") if k in res}))
+            secs["curve"] = time.perf_counter() - t0
         secs["total"] = time.perf_counter() - t_start
         res["seconds"] = secs
         atomic_write_json(run_dir / "result.json", res)
@@ -1211,3 +1450,15 @@ def paired_runs(a_runs: Sequence[Mapping], # arm A's results (every seed)
     ga, gb = _paired(a_runs, b_runs, which_a, which_b)
     unit = "accuracy" if a_runs[0].get("task", "classification") == "classification" else "per-image IoU"
     return dict(kind="diff", a=100 * ga, b=100 * gb, describe=f"test {unit} difference A - B in percentage points")
+
+def at_checkpoint(runs: Sequence[Mapping], # run_kd results with a compute `curve`
+                  j: int, # the curve point (0: the earliest checkpoint, -1: the run's own result)
+                 ) -> list[dict]:
+    "Each run as the `j`-th point of its compute curve (that intermediate student, fine-tuned), for `per_image` & co."
+    out = []
+    for r in runs:
+        c = r.get("curve") or []
+        if not -len(c) <= j < len(c):
+            raise DataError(f"run {r.get('approach')} seed {r.get('seed')} has {len(c)} curve points, not a point {j}")
+        out.append({**{k: r[k] for k in ("seed", "task", "approach", "transfer", "test_key") if k in r}, **c[j]})
+    return out

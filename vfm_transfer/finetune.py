@@ -439,7 +439,7 @@ def run_finetune(task: str, # one of data.TASKS
     _check_options(task, **ft)
     init_key = init if init in INITS else {"path": str(Path(init).resolve()), "sha256": sha256_file(init)}
     # the key: the profile (every hyperparameter lives there once), the init, the seed and the run options
-    config = dict(task=task, init=init_key, profile=result_fields(p), seed=int(seed),
+    config = dict(task=task, init=init_key, profile=result_fields(p, "3d"), seed=int(seed),
                   options={k: v for k, v in ft.items() if k in ("mode", "grad_clip", "loss")})
     run_dir = Path(run_dir) if run_dir is not None else cache_dir(config, "runs")
     hist_path, test_path, cases_path = run_dir / "history.json", run_dir / "test_metrics.json", run_dir / "test_cases.json"

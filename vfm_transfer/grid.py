@@ -31,9 +31,9 @@ from .finetune import TASK_SPECS, History, run_finetune, transfer_inits, transfe
 
 # %% auto #0
 __all__ = ['TIMING_FIELDS', 'KD_ARGS', 'LOG_FILE', 'EXECUTORS', 'SLURM_OPTIONS', 'GRID_OPTIONS', 'KD_METHODS', 'KD_CONTROLS',
-           'NOTEBOOK_STAGES', 'FinetuneSpec', 'finetune_root', 'finetune_spec', 'KDSpec', 'kd_spec', 'comparable',
-           'run_spec', 'GridError', 'GridResults', 'default_workers', 'SlurmRun', 'run_grid', 'notebook_specs',
-           'run_notebook_grid']
+           'KD_BASELINES', 'KD_CHECKPOINT', 'KD_CURVES', 'NOTEBOOK_STAGES', 'FinetuneSpec', 'finetune_root',
+           'finetune_spec', 'KDSpec', 'kd_spec', 'comparable', 'run_spec', 'GridError', 'GridResults',
+           'default_workers', 'SlurmRun', 'run_grid', 'kd_baselines', 'notebook_specs', 'run_notebook_grid']
 
 # %% ../nbs/08a_grid.ipynb #9a000007
 TIMING_FIELDS = {"seconds", "train_seconds", "build_seconds", "pretrain_seconds", "resumed_from"}  # vary run to run
@@ -63,8 +63,8 @@ def finetune_root(profile: Mapping, # a `Profile`
                   seed: int = 0,
                   run_root: str | Path | None = None, # a folder given by the caller wins
                  ) -> Path:
-    "The folder of an experiment's fine-tuning runs: `<cache>/runs/<hash of run_key(profile, seed)>` (as the notebooks use)."
-    return Path(run_root) if run_root else cache_dir(run_key(profile, seed), kind="runs")
+    "The folder of an experiment's fine-tuning runs: `<cache>/runs/<hash of run_key(profile, seed, '3d')>` (as the notebooks use)."
+    return Path(run_root) if run_root else cache_dir(run_key(profile, seed, "3d"), kind="runs")
 
 def finetune_spec(task: str, # one of the five tasks
                   init: str = "mae", # an init of `run_finetune`
@@ -372,6 +372,21 @@ KD_CONTROLS = {  # controls no paper reports (classification): a gain must come 
     "control: task KD from a random teacher": ("task_random_teacher", "in_domain"),
     "control: scratch, step-matched": ("scratch_matched", "in_domain"),  # as many steps as task KD, in-domain
 }
+KD_BASELINES = {  # the student pretrained another way on the generic pool, then fine-tuned on the labels (classification)
+    "student pretrained: supervised (other shapes)": ("pretrained_supervised", "in_domain"),  # no transfer set is used
+    "student pretrained: self-supervised (SimCLR)": ("pretrained_simclr", "in_domain"),
+    "student pretrained: image-text (CLIP-style)": ("pretrained_clip", "in_domain"),
+}
+KD_CHECKPOINT = {"student pretrained: student_ckpt": ("pretrained_ckpt", "in_domain")}  # the user's own weights
+
+def kd_baselines(profile: Mapping, # a `Profile`
+                ) -> dict:
+    "The pretrained-student arms a profile runs: in-run pretraining on synthetic data, the `student_ckpt` file if set."
+    return {**({} if profile.get("image_root") else KD_BASELINES), **(KD_CHECKPOINT if profile.get("student_ckpt") else {})}
+
+KD_CURVES = {  # kd_compute's Figure 4: every approach with a student pretraining stage, by its compute curve
+    "task KD, in-domain": ("task", "in_domain"), "feature distillation (in-domain)": ("feature", "in_domain"),
+    **KD_BASELINES}
 NOTEBOOK_STAGES = {"transfer_limits": 1, "alignment": 1, "kd_approaches": 1, "kd_compute": 1, "kd_retrieval": 2}
 
 def notebook_specs(name: str, # an experiment notebook, e.g. "transfer_limits"
@@ -392,14 +407,16 @@ def notebook_specs(name: str, # an experiment notebook, e.g. "transfer_limits"
     kd = lambda *a, meta=None, **kw: kd_spec(*a, profile=P, seed=seed, root=run_root, meta=meta, **kw)
     if name == "kd_approaches":
         seg = not P.get("image_root")  # image folders carry no masks: segmentation runs on synthetic data only
+        arms = {**KD_METHODS, **KD_CONTROLS, **kd_baselines(P)}
         specs = [kd(a, t, k, s, task="classification", meta=dict(method=m))
-                 for s in P.students for k in P.labels_per_class for m, (a, t) in {**KD_METHODS, **KD_CONTROLS}.items()]
+                 for s in P.students for k in P.labels_per_class for m, (a, t) in arms.items()]
         return specs + [kd(a, t, k, student, task="segmentation", meta=dict(method=m))
                         for k in P.labels_per_class for m, (a, t) in KD_METHODS.items() if seg]
     if name == "kd_compute":
         return [kd("task", "in_domain", K, student, teacher_epoch=e, meta=dict(teacher_epoch=e))
                 for e in teacher_checkpoints(P.teacher_pretrain_epochs)] + [kd("scratch", "in_domain", K, student, meta=dict(scratch=True)),
-                kd("task_random_teacher", "in_domain", K, student, meta=dict(control="random teacher"))]
+                kd("task_random_teacher", "in_domain", K, student, meta=dict(control="random teacher"))] \
+               + [kd(a, t, K, student, meta=dict(curve=m)) for m, (a, t) in KD_CURVES.items()]  # Figure 4 (as kd_approaches' runs)
     if previous is None:  # kd_retrieval, stage 1: the size sweep and the scratch student
         return [kd("task", "retrieved", K, student, n_neighbors=n, meta=dict(neighbours=n)) for n in P.retrieval_sizes] \
                + [kd("scratch", "in_domain", K, student, meta=dict(scratch=True))]
