@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PROFILE ?= tiny
+PROFILE ?= cpu
 export MPLBACKEND := agg
 export PYTHONHASHSEED := 0
 

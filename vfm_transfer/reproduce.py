@@ -184,7 +184,7 @@ def _threads_per_kernel(jobs: int):
         if old is None: os.environ.pop("OMP_NUM_THREADS", None)
 
 # %% ../nbs/09_reproduce.ipynb #788670d8
-def reproduce(profile: str = DEFAULT_PROFILE, # run profile: micro | tiny | small | paper
+def reproduce(profile: str = DEFAULT_PROFILE, # run profile: micro | tiny | cpu | small | paper
               out_dir: str | Path | None = None, # where figures, tables and executed notebooks go; None: `core.figures_root(profile)`
               only: Sequence[str] | None = None, # notebook names to run (default: all)
               jobs: int = 1, # notebooks run at once
