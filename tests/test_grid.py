@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from vfm_transfer.core import EXECUTION_FIELDS, load_profile, read_claim
+from vfm_transfer.core import EXECUTION_FIELDS, PARTS, load_profile, read_claim
 from vfm_transfer.grid import comparable, finetune_spec, kd_spec, notebook_specs, run_grid
 
 PY = sys.executable
@@ -144,12 +144,15 @@ def test_every_result_field_names_its_own_folder(tmp_path, monkeypatch):
     others = {"seed": finetune_spec("classification", "mae", MICRO, 1), "task": finetune_spec("segmentation", "mae", MICRO, 0),
               "init": finetune_spec("classification", "scratch", MICRO, 0)}
     path_fields = {"manifest", "profound_ckpt", "provicnet_ckpt", "dinov2_ckpt"}  # fingerprinted files: tested in core
+    own = {k for k in MICRO if k not in PARTS["3d"]}  # a fine-tuning run keys on the 3-D and shared fields only
     for k, v in MICRO.items():
-        if k in EXECUTION_FIELDS or k in path_fields or k == "name": continue
+        if k in EXECUTION_FIELDS or k in path_fields or k == "name" or k not in own: continue
         others[k] = finetune_spec("classification", "mae", MICRO.replace(**{k: _perturb(v)}), 0)
     folders = {k: s.folder() for k, s in others.items()}
     same = [k for k, f in folders.items() if f == base.folder()]
     assert not same, f"fields that do not change the run folder: {same}"
+    for k in ("kd_epochs", "seeds", "teacher"):  # a 2-D field or the seed list never retrains a 3-D run
+        assert finetune_spec("classification", "mae", MICRO.replace(**{k: _perturb(MICRO[k])}), 0).folder() == base.folder()
     for k in EXECUTION_FIELDS:  # where a run executes never changes its folder
         assert finetune_spec("classification", "mae", MICRO.replace(**{k: _perturb(MICRO[k])}), 0).folder() == base.folder()
     kd = kd_spec("task", "in_domain", 2, profile=MICRO, seed=0)
