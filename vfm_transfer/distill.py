@@ -1084,11 +1084,11 @@ def pretrained_student(method: str = "supervised", # one of STUDENT_PRETRAININGS
     cfg = dict(stage="student_pretrain", method=method, student=student, img=p.img2d_size, seed=int(seed),
                pool=dataset_key(pool), epochs=epochs, lr=lr, recipe={**TEACHER_RECIPE, **STUDENT_RECIPE}, checkpoints=keep)
     d = cache_dir(cfg, kind="student_pretrain", root=root)
-    set_seed(seed)
-    s = build_student(student, pool.n_classes, p.img2d_size)
-    model, loss, per_image = _pretraining_model(method, s, p.img2d_size)
     with claim(d):  # one process pretrains it; the others wait here and load it
-        if not (d / "backbone.pt").exists():
+        if not (d / "backbone.pt").exists():  # the models (and their FLOP count) are built only to train them
+            set_seed(seed)
+            s = build_student(student, pool.n_classes, p.img2d_size)
+            model, loss, per_image = _pretraining_model(method, s, p.img2d_size)
             def keep_checkpoint(epoch):  # written before the epoch's own checkpoint, so a resumed run still has it
                 if epoch in keep and epoch != epochs:
                     atomic_torch_save({k: v.detach().cpu().clone() for k, v in s.backbone.state_dict().items()},
@@ -1117,7 +1117,7 @@ def pretrained_student(method: str = "supervised", # one of STUDENT_PRETRAININGS
     path = d / ("backbone.pt" if e == epochs else f"backbone_epoch{e}.pt")
     state = safe_load(path)
     info.update(method=method, student=student, epochs=e, of_epochs=epochs, n_pretrain=len(pool),
-                pool_classes=list(pool.classes), flops=int(per_image) * len(pool) * e,
+                pool_classes=list(pool.classes), flops=int(info["flops_per_image_epoch"]) * len(pool) * e,
                 source=f"{method} pretraining on the student pool ({len(pool)} images), epoch {e} of {epochs}")
     return state, info
 
