@@ -16,8 +16,9 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from monai.losses import DiceCELoss
-from monai.metrics import DiceMetric, PSNRMetric, ROCAUCMetric, SSIMMetric
+from monai.metrics import DiceMetric, PSNRMetric, ROCAUCMetric
 from monai.networks.nets import DenseNet, UNet
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -32,10 +33,11 @@ from .train import (History, Recipe, amp_dtype, dist_info, fit, gather_objects, 
 
 # %% auto #0
 __all__ = ['MODES', 'RESTORATION_LOSSES', 'INITS', 'CONTROL_INITS', 'SYNTHETIC_MAIN_METRIC', 'RUN_OPTIONS', 'SCRATCH_INITS',
-           'SEMANTIC_KINDS', 'task_spec', 'TaskModel', 'task_loss', 'sample_metrics', 'reduce_metrics', 'case_values',
-           'finetune', 'evaluate', 'build_specialised', 'identity_baseline', 'load_test_cases', 'task_main_metric',
-           'run_finetune', 'transfer_inits', 'scratch_reference', 'gain', 'gain_table', 'transfer_runs', 'arm_estimate',
-           'paired_estimate', 'run_frame', 'summary_estimates', 'learned_table', 'transfer_claims']
+           'SEMANTIC_KINDS', 'task_spec', 'TaskModel', 'task_loss', 'gaussian_ssim', 'sample_metrics', 'reduce_metrics',
+           'case_values', 'finetune', 'evaluate', 'build_specialised', 'identity_baseline', 'load_test_cases',
+           'task_main_metric', 'run_finetune', 'transfer_inits', 'scratch_reference', 'gain', 'gain_table',
+           'transfer_runs', 'arm_estimate', 'paired_estimate', 'run_frame', 'summary_estimates', 'learned_table',
+           'transfer_claims']
 
 # %% ../nbs/05_finetune.ipynb #68fd52f2
 MODES = ("full", "frozen", "scratch")
@@ -91,15 +93,41 @@ def task_loss(task: str, # one of data.TASKS
     if kind == "segmentation": return _SegmentationLoss()
     return nn.L1Loss() if loss == "l1" else nn.MSELoss()
 
+# %% ../nbs/05_finetune.ipynb #a2665954
+def _window_matrix(n: int, g: torch.Tensor) -> torch.Tensor:
+    "(n, n - len(g) + 1): multiplying an axis of length n by it is a valid 1-D convolution with the window `g`."
+    m, T = n - len(g) + 1, torch.zeros(n, n - len(g) + 1)
+    for k, w in enumerate(g): T[torch.arange(m) + k, torch.arange(m)] = w
+    return T
+
+def gaussian_ssim(x: torch.Tensor, # an image (C, *spatial), 2-D or 3-D
+                  y: torch.Tensor, # the reference, same shape
+                  data_range: float = 1.0,
+                  win_size: int = 11, # odd Gaussian window size
+                  sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03,
+                 ) -> float:
+    "MONAI's SSIM of one image (mean over channels and voxels) with a separable Gaussian window."
+    if x.shape != y.shape: raise DataError(f"SSIM needs equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
+    x, y = x.float(), y.float()
+    dist = torch.arange((1 - win_size) / 2, (1 + win_size) / 2, 1.0)
+    g = torch.exp(-(dist / sigma) ** 2 / 2); g = g / g.sum()
+    maps = torch.stack([x, y, x * x, y * y, x * y])  # (5, C, *spatial)
+    for ax in range(2, maps.dim()):  # one 1-D pass per spatial axis, as a matrix product (valid borders, like MONAI)
+        maps = torch.movedim(torch.movedim(maps, ax, -1) @ _window_matrix(maps.shape[ax], g), -1, ax)
+    mx, my, mxx, myy, mxy = maps
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    vx, vy, cxy = mxx - mx * mx, myy - my * my, mxy - mx * my
+    s = ((2 * mx * my + c1) / (mx ** 2 + my ** 2 + c1)) * ((2 * cxy + c2) / (vx + vy + c2))
+    return s.mean().item()
+
+
 # %% ../nbs/05_finetune.ipynb #34916306
 def _restoration_sample(out: torch.Tensor, tgt: torch.Tensor) -> tuple[float, float]:
     "PSNR and SSIM of one volume (C, *spatial), data range from the target."
     rng = float(tgt.max() - tgt.min()) or 1.0
-    spatial = tgt.shape[1:]
-    win = min(11, *spatial); win -= 1 - win % 2
+    win = min(11, *tgt.shape[1:]); win -= 1 - win % 2
     psnr = PSNRMetric(max_val=rng, reduction="none")(out[None], tgt[None]).item()
-    ssim = SSIMMetric(spatial_dims=len(spatial), data_range=rng, win_size=win, reduction="none")(out[None], tgt[None])
-    return psnr, ssim.mean().item()
+    return psnr, gaussian_ssim(out, tgt, data_range=rng, win_size=win)
 
 def sample_metrics(task: str, # one of data.TASKS
                    output: torch.Tensor, # model output for a batch
