@@ -26,7 +26,8 @@ from .grid import NOTEBOOK_STAGES, run_notebook_grid
 
 # %% auto #0
 __all__ = ['KERNEL', 'RUN_LOG', 'DEPENDS', 'DEMO_SPLITS', 'experiments_dir', 'list_experiments', 'check_parameters',
-           'run_experiment', 'write_manifest', 'run_order', 'reproduce', 'make_demo_data', 'findings_markdown', 'main']
+           'run_experiment', 'write_manifest', 'run_order', 'reproduce', 'make_demo_data', 'findings_markdown',
+           'measurements_markdown', 'main']
 
 # %% ../nbs/09_reproduce.ipynb #2c6319fc
 def experiments_dir(path: str | Path | None = None, # a folder of experiment notebooks; None searches the usual places
@@ -259,6 +260,55 @@ def findings_markdown(root: str | Path | None = None, # a figures folder (defaul
             out.append(f"{head}: no findings in the verdict schema yet (re-run the notebook)."); continue
         out.append("\n".join([head + ":"] + [_finding_line(f) for f in fs]))
     return "\n\n".join(out) if out else f"No metrics.json under {root} yet: run `make reproduce`."
+
+# %% ../nbs/09_reproduce.ipynb #f1a45506
+_HALF_WIDTH_UNITS = {"classification": "AUC", "segmentation": "gland Dice", "super_resolution": "dB",
+                     "distortion_correction": "dB", "synthesis": "dB"}
+
+def _span(vals) -> str:
+    lo, hi = min(vals), max(vals)
+    return f"{lo:.2g}" if f"{lo:.2g}" == f"{hi:.2g}" else f"{lo:.2g}–{hi:.2g}"
+
+def measurements_markdown(root: str | Path | None = None, # a figures folder (default: the default profile's)
+                          bench: str | Path | None = None, # the benchmark's JSON; default <checkout>/benchmarks/results/reproduce_<profile>.json
+                         ) -> str:
+    "The README's measured wall time of `make reproduce` and achieved CI half-widths, from the files that hold them."
+    root = Path(root) if root is not None else figures_root(DEFAULT_PROFILE)
+    metrics = {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/metrics.json"))}
+    profile = next((m["profile"] for m in metrics.values() if "profile" in m), DEFAULT_PROFILE)
+    bench = Path(bench) if bench is not None else root.parent / "benchmarks" / "results" / f"reproduce_{profile}.json"
+    out = []
+    b = json.loads(bench.read_text()) if bench.exists() else None
+    if b and b.get("returncode") == 0 and b.get("profile") == profile:
+        nbs = b.get("run_manifest", {}).get("notebooks", {})
+        per = ", ".join(f"{n} {r['seconds']:,.0f} s" for n, r in nbs.items() if "seconds" in r)
+        out.append(f"Measured by `benchmarks/reproduce.py` at commit `{b['commit'][:7]}` "
+                   f"({'empty' if b.get('cold_cache') else 'existing'} artifact cache, {b.get('cpu_count', '?')} cores): "
+                   f"`make reproduce` from a fresh clone, install included, took **{b['wall_seconds'] / 60:.0f} min**"
+                   + (f"; per notebook (two run side by side, so these add up to more): {per}." if per else "."))
+    else:
+        out.append(f"The wall time of `make reproduce` for the {profile} profile is not measured yet "
+                   f"(`python benchmarks/reproduce.py --profile {profile} --cold` writes {bench.name}).")
+    hw = []
+    tl = metrics.get("transfer_limits", {}).get("ci_half_width") or {}
+    by_task = {}
+    for key, v in tl.items():
+        task, model = key.split("/")
+        if model != "identity" and v is not None: by_task.setdefault(task, []).append(v)
+    hw += [f"{t.replace('_', ' ')} {_span(v)} {_HALF_WIDTH_UNITS.get(t, '')}".rstrip() for t, v in by_task.items()]
+    for n in ("kd_approaches", "kd_compute", "kd_retrieval"):
+        h = metrics.get(n, {}).get("ci_half_width")
+        if isinstance(h, dict) and "mean" in h: hw.append(f"{n} accuracy {h['mean']:.1f} pp on average (max {h['max']:.1f})")
+    if hw: out.append("Achieved 95 % CI half-widths (per model or arm, seeds × test cases): " + "; ".join(hw) + ".")
+    kc, ka = metrics.get("kd_compute", {}), metrics.get("kd_approaches", {})
+    if kc.get("probe_accuracy") and kc.get("teacher_epochs"):
+        probes = ", ".join(f"{a:.1f} % after {e}" for e, a in zip(kc["teacher_epochs"], kc["probe_accuracy"]))
+        n_cls = load_profile(profile).get("n_classes_2d")
+        out.append(f"The 2-D teacher's linear probe on the target task, by pretraining epochs: {probes}"
+                   + (f" (chance {100 / n_cls:.0f} %)" if n_cls else "") + "."
+                   + (f" Cells where a student beats its fine-tuned teacher: {ka['students_beating_teacher']}."
+                      if "students_beating_teacher" in ka else ""))
+    return "\n\n".join(out)
 
 # %% ../nbs/09_reproduce.ipynb #16d6838c
 def _parser() -> argparse.ArgumentParser:
