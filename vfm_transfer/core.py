@@ -140,8 +140,8 @@ PROFILES: dict[str, dict] = {
         # 10 fine-tuning epochs: at 12, restoration runs reached 95 % of their improvement over epoch 0 at epochs 8-9
         # (cosine schedule), and the two epochs cut keep `make reproduce` within its 90 minutes on 2 cores
         n_train=48, n_val=16, n_test=200, n_unlabeled=96, pretrain_epochs=20, finetune_epochs=10, seeds=(0, 1, 2),
-        # the teacher pretrains once for every seed: 30 epochs (12 left its target probe at 47.7 %, 30 at 45.5 %,
-        # the untrained architecture's is 40.8 %, chance 25 %); each student baseline pretrains per seed
+        # the teacher pretrains once for every seed, 30 epochs (its target probe by epoch is in kd_compute's
+        # metrics.json, the untrained architecture's is 40.8 %, chance 25 %); each student baseline pretrains per seed
         n_test_2d=1000, transfer_size=1000, gallery_size=3000, kd_epochs=8, teacher_pretrain_epochs=30,
         student_pretrain_epochs=12, kd_finetune_steps=60)},
     "tiny": dict(_BASE),

@@ -18,7 +18,6 @@ import torch.distributed as dist
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric, PSNRMetric, ROCAUCMetric
 from monai.networks.nets import DenseNet, UNet
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
