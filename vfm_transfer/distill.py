@@ -1205,7 +1205,7 @@ def kd_run_config(approach: str = "task", transfer: str | Dataset = "in_domain",
                   student: str = "student_tiny", profile: str | Mapping = "tiny", seed: int = 0,
                   task: str = "classification", feature_loss: str = "cosine", n_neighbors: int | None = None,
                   batch_size: int = 64, pretrain_pool: str | None = None, teacher_epoch: int | None = None,
-                 ) -> tuple[Profile, dict]:
+                  curve: bool = True) -> tuple[Profile, dict]:
     "(the profile, the config that names the run's folder) of `run_kd`'s arguments, checked; the arguments are `run_kd`'s."
     check_choice(approach, APPROACHES, "approach"); check_choice(task, TASKS_2D, "task")
     if pretrain_pool is not None: check_choice(pretrain_pool, PRETRAIN_POOLS, "pretrain_pool")
@@ -1223,6 +1223,8 @@ def kd_run_config(approach: str = "task", transfer: str | Dataset = "in_domain",
     run_cfg = dict(stage="kd", approach=approach, transfer=transfer_id, k=labels_per_class, student=student,
                    profile=run_key(p, seed, "2d"), task=task, feature_loss=feature_loss if approach == "feature" else None,
                    n_neighbors=n_neighbors, batch_size=batch_size, pretrain_pool=pretrain_pool, teacher_epoch=teacher_epoch,
+                   # only runs with a student pretraining stage have a curve: the flag names no other run apart
+                   curve=bool(curve) and (approach in ("feature", "task", "task_random_teacher") or approach in PRETRAINED_STUDENTS),
                    version=KD_RUN_VERSION)
     return p, run_cfg
 
@@ -1269,10 +1271,11 @@ def run_kd(approach: str = "task", # one of APPROACHES: "scratch", "feature", "t
            root: str | Path | None = None, # cache root
            pretrain_pool: str | None = None, # the tiny teacher's pretraining pool (default profile.teacher_pool, else "disjoint")
            teacher_epoch: int | None = None, # use this intermediate checkpoint of the teacher's pretraining run
+           curve: bool = True, # the compute curve (kd_compute's Figure 4); False: none, and no intermediate students
           ) -> dict:
     "One KD experiment: teacher, transfer set, distillation (or the student's own pretraining), fine-tuning; test metric, FLOPs, seconds."
     p, run_cfg = kd_run_config(approach, transfer, labels_per_class, student, profile, seed, task, feature_loss,
-                               n_neighbors, batch_size, pretrain_pool, teacher_epoch)
+                               n_neighbors, batch_size, pretrain_pool, teacher_epoch, curve)
     # the run's folder: a complete run is loaded, an interrupted one resumes its stage (b) or (c) checkpoint
     run_dir = cache_dir(run_cfg, kind="kd_runs", root=root)
     if (run_dir / "result.json").exists(): return json.loads((run_dir / "result.json").read_text())
@@ -1294,7 +1297,7 @@ def run_kd(approach: str = "task", # one of APPROACHES: "scratch", "feature", "t
             t0 = time.perf_counter()
             state, pre_s = pretrained_student(PRETRAINED_STUDENTS[approach], student, p, seed, device, root)
             s.backbone.load_state_dict(state)
-            keep_s = pretrain_checkpoints(pre_s["of_epochs"])
+            keep_s = pretrain_checkpoints(pre_s["of_epochs"]) if curve else []
             secs["student_pretrain"] = time.perf_counter() - t0
         elif approach == "pretrained_ckpt":
             pre_s = {"flops": 0, "report": load_student_ckpt(s, student_ckpt_path(p, student))}
@@ -1306,7 +1309,7 @@ def run_kd(approach: str = "task", # one of APPROACHES: "scratch", "feature", "t
         if approach in PRETRAINED_STUDENTS or approach == "pretrained_ckpt":
             res["student_pretraining"] = {k: v for k, v in pre_s.items() if k != "loss"}
         snaps = run_dir / "distill"
-        keep_b = pretrain_checkpoints(p.kd_epochs)
+        keep_b = pretrain_checkpoints(p.kd_epochs) if curve else []
         def snapshot(epoch):  # stage (b)'s intermediate students, for the compute curve (kd_compute)
             if epoch in keep_b and epoch != p.kd_epochs:
                 atomic_torch_save({k: v.detach().cpu().clone() for k, v in s.state_dict().items()}, snaps / f"student_epoch{epoch}.pt")
@@ -1368,7 +1371,7 @@ def run_kd(approach: str = "task", # one of APPROACHES: "scratch", "feature", "t
         res["finetune_loss"] = ft["loss"]
         # the compute curve: each intermediate student (stage b's, or its own pretraining's) fine-tuned as the final one
         points = [(e, lambda m, e=e: m.load_state_dict(safe_load(snaps / f"student_epoch{e}.pt")), flops(kd_epochs=e))
-                  for e in (keep_b[:-1] if distills else [])]
+                  for e in (keep_b[:-1] if distills and curve else [])]
         for e in keep_s[:-1]:
             st, info_e = pretrained_student(PRETRAINED_STUDENTS[approach], student, p, seed, device, root, at_epoch=e)
             points.append((e, lambda m, st=st: m.backbone.load_state_dict(st), flops(student_pretrain=info_e["flops"])))
@@ -1382,7 +1385,7 @@ def run_kd(approach: str = "task", # one of APPROACHES: "scratch", "feature", "t
             ev = evaluate_2d(s_e, data["test"], device=device)
             res["curve"].append(dict(epoch=e, student_pretraining_flops=fl["student_pretraining"],
                                      metric=ev["miou" if seg else "accuracy"], **{k: v for k, v in ev.items() if isinstance(v, list)}))
-        if distills or keep_s:  # the run's own result is the curve's last point
+        if curve and (distills or keep_s):  # the run's own result is the curve's last point
             last = keep_b[-1] if distills else keep_s[-1]
             res["curve"].append(dict(epoch=last, student_pretraining_flops=res["flops"]["student_pretraining"], metric=res["metric"],
                                      **{k: res[k] for k in ("correct", "per_image_iou") if k in res}))

@@ -81,7 +81,7 @@ def finetune_spec(task: str, # one of the five tasks
 
 # %% ../nbs/08a_grid.ipynb #9a000010
 KD_ARGS = ("approach", "transfer", "labels_per_class", "student", "seed", "task", "feature_loss", "n_neighbors",
-           "batch_size", "pretrain_pool", "teacher_epoch")  # `run_kd`'s arguments a spec carries (plus profile, root)
+           "batch_size", "pretrain_pool", "teacher_epoch", "curve")  # `run_kd`'s arguments a spec carries (plus profile, root)
 
 @dataclasses.dataclass
 class KDSpec:
@@ -404,11 +404,12 @@ def notebook_specs(name: str, # an experiment notebook, e.g. "transfer_limits"
         return [finetune_spec(t, i, P, s, roots[s], meta=dict(seed=s, task=t, init=i))
                 for s in seeds for t, i in transfer_runs(P)]
     K, student = max(P.labels_per_class), P.students[0]
-    kd = lambda *a, meta=None, **kw: kd_spec(*a, profile=P, seed=seed, root=run_root, meta=meta, **kw)
+    # a compute curve costs one fine-tuning per point: only the runs of kd_compute's Figure 4 ask for one
+    kd = lambda *a, meta=None, curve=False, **kw: kd_spec(*a, profile=P, seed=seed, root=run_root, meta=meta, curve=curve, **kw)
     if name == "kd_approaches":
         seg = not P.get("image_root")  # image folders carry no masks: segmentation runs on synthetic data only
         arms = {**KD_METHODS, **KD_CONTROLS, **kd_baselines(P)}
-        specs = [kd(a, t, k, s, task="classification", meta=dict(method=m))
+        specs = [kd(a, t, k, s, task="classification", meta=dict(method=m), curve=k == K and m in KD_CURVES)
                  for s in P.students for k in P.labels_per_class for m, (a, t) in arms.items()]
         return specs + [kd(a, t, k, student, task="segmentation", meta=dict(method=m))
                         for k in P.labels_per_class for m, (a, t) in KD_METHODS.items() if seg]
@@ -416,7 +417,7 @@ def notebook_specs(name: str, # an experiment notebook, e.g. "transfer_limits"
         return [kd("task", "in_domain", K, student, teacher_epoch=e, meta=dict(teacher_epoch=e))
                 for e in teacher_checkpoints(P.teacher_pretrain_epochs)] + [kd("scratch", "in_domain", K, student, meta=dict(scratch=True)),
                 kd("task_random_teacher", "in_domain", K, student, meta=dict(control="random teacher"))] \
-               + [kd(a, t, K, student, meta=dict(curve=m)) for m, (a, t) in KD_CURVES.items()]  # Figure 4 (as kd_approaches' runs)
+               + [kd(a, t, K, student, meta=dict(curve=m), curve=True) for m, (a, t) in KD_CURVES.items()]  # Figure 4 (as kd_approaches' runs)
     if previous is None:  # kd_retrieval, stage 1: the size sweep and the scratch student
         return [kd("task", "retrieved", K, student, n_neighbors=n, meta=dict(neighbours=n)) for n in P.retrieval_sizes] \
                + [kd("scratch", "in_domain", K, student, meta=dict(scratch=True))]
