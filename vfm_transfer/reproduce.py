@@ -271,6 +271,7 @@ def _span(vals) -> str:
 
 def measurements_markdown(root: str | Path | None = None, # a figures folder (default: the default profile's)
                           bench: str | Path | None = None, # the benchmark's JSON; default <checkout>/benchmarks/results/reproduce_<profile>.json
+                          quick: str = "tiny", # the quick-look profile whose benchmark (beside `bench`) is reported too, if measured
                          ) -> str:
     "The README's measured wall time of `make reproduce` and achieved CI half-widths, from the files that hold them."
     root = Path(root) if root is not None else figures_root(DEFAULT_PROFILE)
@@ -289,6 +290,11 @@ def measurements_markdown(root: str | Path | None = None, # a figures folder (de
     else:
         out.append(f"The wall time of `make reproduce` for the {profile} profile is not measured yet "
                    f"(`python benchmarks/reproduce.py --profile {profile} --cold` writes {bench.name}).")
+    qb = bench.parent / f"reproduce_{quick}.json"
+    q = json.loads(qb.read_text()) if quick != profile and qb.exists() else None
+    if q and q.get("returncode") == 0 and q.get("profile") == quick:
+        out[-1] += (f" The quick look, `make reproduce PROFILE={quick}`, measured the same way at commit `{q['commit'][:7]}`: "
+                    f"**{q['wall_seconds'] / 60:.0f} min**, install included.")
     hw = []
     tl = metrics.get("transfer_limits", {}).get("ci_half_width") or {}
     by_task = {}
