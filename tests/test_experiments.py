@@ -21,7 +21,8 @@ STATS_FINDINGS = ("transfer_limits", "alignment", "kd_approaches", "kd_compute",
 # metrics.json keys each notebook must write (the numbers its prose and the README quote)
 METRIC_KEYS = {
     "transfer_limits": {"profile", "seeds", "tasks", "inits", "runs", "test_main_metric", "gain", "epochs_to_95",
-                        "improvement_auc", "gain_db_over_identity", "ci_half_width", "learned", "findings"},
+                        "improvement_auc", "gain_db_over_identity", "ci_half_width", "auc_half_width_budget", "learned",
+                        "findings"},
     "alignment": {"profile", "seeds", "distances", "correlations", "findings"},
     "kd_approaches": {"profile", "seeds", "students", "labels_per_class", "accuracy", "accuracy_ci", "segmentation_miou",
                       "baselines", "ci_half_width", "findings"},
@@ -155,6 +156,10 @@ def test_transfer_limits_findings_cover_the_claims_and_controls(micro):
     assert {"restoration tasks gain more from MAE than from contrastive (relative gain, %)",
             "semantic tasks gain more from contrastive than from MAE (relative gain, %)"} <= claims
     assert m["main_metric"]["segmentation"] == "dice_gland"  # lesion Dice left out of the synthetic main metric
+    budget = m["auc_half_width_budget"]  # every classification model's AUC interval, read against its target
+    assert set(budget) == {i for t, i in m["runs"] if t == "classification"}
+    assert all(b["target"] == 0.05 and b["met"] == (b.get("half_width") is not None and b["half_width"] <= 0.05)
+               for b in budget.values()), budget
     a = json.loads((out / "alignment" / "metrics.json").read_text())
     assert ("lower D2P <-> larger gain" in {f["claim"] for f in a["findings"]}
             or any(u["claim"] == "D2P vs gain_pct" for u in a["undetermined"]))

@@ -269,6 +269,17 @@ def _span(vals) -> str:
     lo, hi = min(vals), max(vals)
     return f"{lo:.2g}" if f"{lo:.2g}" == f"{hi:.2g}" else f"{lo:.2g}–{hi:.2g}"
 
+def _budget_sentence(budget: dict) -> str:
+    "The AUC half-width target, who meets it, and what the others would need (transfer_limits' `auc_half_width_budget`)."
+    num = lambda v, f: "?" if v is None else format(v, f)
+    target = next(iter(budget.values()))["target"]
+    met = [m for m, b in budget.items() if b["met"]]
+    miss = [f"{m} ({num(b.get('half_width'), '.3f')}: about {num(b.get('seeds_needed'), ',.0f')} seeds at this test set, "
+            f"or at least {num(b.get('cases_needed'), ',.0f')} test cases per seed at these seeds)"
+            for m, b in budget.items() if not b["met"]]
+    return (f"The classification target, an AUC half-width of at most {target:g}, is met by {', '.join(met) or 'no model'}"
+            + (f"; missed by {'; '.join(miss)}" if miss else "") + ".")
+
 def measurements_markdown(root: str | Path | None = None, # a figures folder (default: the default profile's)
                           bench: str | Path | None = None, # the benchmark's JSON; default <checkout>/benchmarks/results/reproduce_<profile>.json
                           quick: str = "tiny", # the quick-look profile whose benchmark (beside `bench`) is reported too, if measured
@@ -306,6 +317,8 @@ def measurements_markdown(root: str | Path | None = None, # a figures folder (de
         h = metrics.get(n, {}).get("ci_half_width")
         if isinstance(h, dict) and "mean" in h: hw.append(f"{n} accuracy {h['mean']:.1f} pp on average (max {h['max']:.1f})")
     if hw: out.append("Achieved 95 % CI half-widths (per model or arm, seeds × test cases): " + "; ".join(hw) + ".")
+    budget = metrics.get("transfer_limits", {}).get("auc_half_width_budget") or {}
+    if budget: out.append(_budget_sentence(budget))
     kc, ka = metrics.get("kd_compute", {}), metrics.get("kd_approaches", {})
     if kc.get("probe_accuracy") and kc.get("teacher_epochs"):
         probes = ", ".join(f"{a:.1f} % after {e}" for e, a in zip(kc["teacher_epochs"], kc["probe_accuracy"]))

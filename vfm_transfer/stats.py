@@ -17,10 +17,11 @@ from scipy import stats
 from .core import ConfigError, DataError, check_choice
 
 # %% auto #0
-__all__ = ['CI_METHODS', 'CASE_DESIGNS', 'DEFAULT_N_BOOT', 'MAX_BLOCK', 'VERDICTS', 'FINDING_FIELDS', 'AGG_METRICS', 'mean_diff',
-           'bootstrap_ci', 'paired_bootstrap', 'auc', 'delong_test', 'auc_diff', 'auc_above_chance', 'auc_bootstrap',
-           'verdict', 'finding', 'check_findings', 'aggregate_ci', 'probability_of_improvement', 'estimate',
-           'ci_summary', 'evaluate_claims', 'estimate_table', 'seed_summary', 'correlation_finding']
+__all__ = ['CI_METHODS', 'CASE_DESIGNS', 'DEFAULT_N_BOOT', 'MAX_BLOCK', 'VERDICTS', 'FINDING_FIELDS', 'AGG_METRICS', 'SEED_SPLIT',
+           'mean_diff', 'bootstrap_ci', 'paired_bootstrap', 'auc', 'delong_test', 'auc_diff', 'auc_above_chance',
+           'auc_bootstrap', 'verdict', 'finding', 'check_findings', 'aggregate_ci', 'probability_of_improvement',
+           'estimate', 'ci_summary', 'evaluate_claims', 'estimate_table', 'seed_summary', 'correlation_finding',
+           'per_seed_requests', 'half_width_budget', 'half_width_table']
 
 # %% ../nbs/10_stats.ipynb #e3fbb934
 CI_METHODS = ("percentile", "bca")  # bootstrap interval methods
@@ -519,3 +520,52 @@ def correlation_finding(claim: str, # the paper's claim, in words
             f"({corr.get('spearman_n_boot', '?')} finite resamples, {corr.get('ci', 0.95):.0%} CI)")
     return finding(claim, estimate(dict(kind="correlation", rho=corr["spearman_rho"], ci=corr["spearman_ci"], n=n,
                                         n_seeds=n_seeds, test=test)), expected_sign)
+
+# %% ../nbs/10_stats.ipynb #0474ab23
+SEED_SPLIT = {"mean": ("x",), "auc": ("y", "score"), "diff": ("a", "b"), "auc_diff": ("y", "a", "b")}  # per-seed arrays
+
+def per_seed_requests(request: Mapping, # a two-level request of kind mean, auc, diff or auc_diff
+                     ) -> list[dict]:
+    "One request per seed of `request`: that seed's row of every array (its own test cases only)."
+    kind = request.get("kind")
+    if kind not in SEED_SPLIT:
+        raise ConfigError(f"per_seed_requests: kind {kind!r} has no seed axis to split; expected one of {', '.join(SEED_SPLIT)}")
+    grids = {k: _as_grid(request[k], k) for k in SEED_SPLIT[kind]}
+    n_seeds = {g.shape[0] for g in grids.values()}
+    if len(n_seeds) != 1: raise DataError(f"per_seed_requests: the arrays of {kind!r} differ in their number of seeds")
+    return [{**request, **{k: g[s] for k, g in grids.items()}} for s in range(n_seeds.pop())]
+
+def half_width_budget(request: Mapping, # a two-level request (n_seeds, n_cases) of kind mean, auc, diff or auc_diff
+                      target: float, # the wanted 95 % CI half-width, in the effect's units
+                      n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+                     ) -> dict:
+    "Achieved 95 % half-width, one seed's case-only half-width, the seed SD, and the seeds / cases per seed that would reach `target`."
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target) or target <= 0:
+        raise ConfigError(f"target must be a positive half-width, got {target!r}")
+    e = estimate(request, n_boot, seed)
+    per = [estimate(q, n_boot, seed) for q in per_seed_requests(request)]
+    vals = np.array([p["effect"] for p in per])
+    n_seeds, n_cases = int(vals.size), int(_as_grid(request[SEED_SPLIT[request["kind"]][-1]], "x").shape[1])
+    case_hw = float(np.mean([(p["ci"][1] - p["ci"][0]) / 2 for p in per]))
+    floor = case_hw / math.sqrt(n_seeds) * math.sqrt(2 - 1 / n_seeds)  # the two-level bootstrap counts case noise twice
+    sd = float(vals.std(ddof=1)) if n_seeds >= 2 else float("nan")
+    z = float(stats.norm.ppf(0.975))
+    return dict(estimate=e["effect"], half_width=(e["ci"][1] - e["ci"][0]) / 2, case_half_width=case_hw,
+                case_floor=floor, seed_sd=sd, n_seeds=n_seeds, n_cases=n_cases,
+                seeds_needed=float(max(2, math.ceil((z * sd / target) ** 2))) if n_seeds >= 2 else float("nan"),
+                cases_needed=float(math.ceil(n_cases * (floor / target) ** 2)), target=float(target))
+
+def half_width_table(rows: Sequence[Mapping], # [{...keys..., "estimate": request}], as for `estimate_table`
+                     target: float, # the wanted 95 % CI half-width
+                     n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+                    ) -> pd.DataFrame:
+    "`half_width_budget` per row, with `met` (achieved half-width <= target); NaN and a note where it cannot be estimated."
+    out = []
+    for row in rows:
+        keys = {k: v for k, v in row.items() if k != "estimate"}
+        try: b = half_width_budget(row["estimate"], target, n_boot, seed)
+        except DataError as err:
+            out.append({**keys, "half_width": np.nan, "met": False, "note": str(err)}); continue
+        out.append({**keys, **b, "met": bool(b["half_width"] <= target), "note": ""})
+    return pd.DataFrame(out)
+
