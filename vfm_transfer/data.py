@@ -26,7 +26,7 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from .core import (TASK_SPECS, TASKS, ConfigError, DataError, Profile, VFMTransferError, atomic_write_text,
-                               check_choice, load_profile)
+                               check_choice, finetune_override, load_profile)
 
 # %% auto #0
 __all__ = ['CHANNELS', 'CS_RADIUS', 'CS_CONTRAST', 'FOV_MM', 'SPLITS', 'SHAPES_2D', 'DOMAINS_2D', 'N_DOMAINS_2D', 'CAPTION_VOCAB',
@@ -325,10 +325,14 @@ def _synthetic_cases(size: tuple, seed: int, start: int, n: int) -> SyntheticPro
     # shared between the five task views of one split, so a case is generated once per process
     return SyntheticProstate(n, size=size, seed=seed, start=start)
 
-def _split_ranges(profile: Profile) -> dict:
+def _split_ranges(profile: Profile, task: str | None = None) -> dict:
+    "{split: (first case index, number of cases)}; `task`'s own n_train (finetune_overrides) comes after the pool."
     n = [int(profile.n_train), int(profile.n_val), int(profile.n_test), int(profile.n_unlabeled)]
     starts = np.concatenate([[0], np.cumsum(n)])
-    return {k: (int(starts[j]), n[j]) for j, k in enumerate(SPLITS + ("unlabeled",))}
+    ranges = {k: (int(starts[j]), n[j]) for j, k in enumerate(SPLITS + ("unlabeled",))}
+    n_task = finetune_override(profile, task).get("n_train") if task is not None else None
+    if n_task is not None: ranges["train"] = (int(starts[-1]), int(n_task))  # appended, so no other split moves
+    return ranges
 
 def make_task_dataset(task: str, # one of TASKS
                       split: str = "train", # train | val | test
@@ -339,9 +343,12 @@ def make_task_dataset(task: str, # one of TASKS
     check_choice(task, TASKS, "task"); check_choice(split, SPLITS, "split")
     profile = load_profile(profile)
     if profile.get("manifest"):
+        if "n_train" in finetune_override(profile, task):
+            raise ConfigError(f"finetune_overrides[{task!r}] sets n_train, which only synthetic data has; "
+                              "a manifest's splits come from its 'split' column or its seeded split")
         cases = ProstateManifest(profile.manifest, profile=profile).split(split, seed=seed)
     else:
-        start, n = _split_ranges(profile)[split]
+        start, n = _split_ranges(profile, task)[split]
         cases = _synthetic_cases(tuple(profile.vol_size), int(seed), start, n)
     return TaskDataset(task, cases, profile, seed, split)
 

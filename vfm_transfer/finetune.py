@@ -22,7 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .core import (CheckpointError, ConfigError, DataError, Profile, atomic_torch_save, atomic_write_json,
-                               cache_dir, check_choice, claim, load_profile, result_fields, set_seed, sha256_file)
+                               cache_dir, check_choice, claim, finetune_override, load_profile, result_fields, set_seed,
+                               sha256_file, task_profile)
 from .data import TASK_SPECS, TASKS, make_task_dataset
 from .encoders import build_encoder, encoder_config, extract_features, load_pretrained
 from .heads import RESIDUAL_FROM, ResidualNet, build_head
@@ -446,13 +447,21 @@ def _load_run(run_dir: Path) -> History:
     h.meta["test_cases"] = {k: c[k] for k in ("case_id", "values", "baseline")}
     return h
 
+def _run_config(task: str, init_key, p: Profile, seed: int, ft: Mapping) -> dict:
+    "The cache key of a `run_finetune` run: the profile (every hyperparameter lives there once), the init, the seed and the run options."
+    # another task's finetune_overrides entry is left out, so giving one task its own settings retrains only that task
+    fields = {k: v for k, v in result_fields(p, "3d").items() if k != "finetune_overrides"}
+    if finetune_override(p, task): fields["finetune_override"] = finetune_override(p, task)
+    return dict(task=task, init=init_key, profile=fields, seed=int(seed),
+                options={k: v for k, v in ft.items() if k in ("mode", "grad_clip", "loss")})
+
 def run_finetune(task: str, # one of data.TASKS
                  init: str = "mae", # "mae" | "contrastive" | "scratch" | "specialised" | a checkpoint path
                  profile: str | Mapping = "tiny", # a profile name, a mapping or a `core.Profile`
                  seed: int = 0, # seeds the data splits, the init and training
                  run_dir: str | Path | None = None, # where outputs go; default <cache>/runs/<config hash>
                  device: str = "auto",
-                 **overrides, # profile fields (finetune_epochs, lr, n_train, ...) or run options (mode, grad_clip, loss, verbose)
+                 **overrides, # profile fields (finetune_epochs, lr, n_train, ...; they win over finetune_overrides' lr and epochs) or run options (mode, grad_clip, loss, verbose)
                 ) -> History:
     "Fine-tune the profile's encoder at `init` on `task`, score the test set, save history, checkpoint and features."
     spec = task_spec(task)
@@ -462,12 +471,13 @@ def run_finetune(task: str, # one of data.TASKS
     if init not in INITS and not Path(init).is_file():
         raise ConfigError(f"unknown init {init!r}; expected one of {list(INITS)} or an existing checkpoint file")
     p, options = _split_overrides(profile, overrides)
+    # the task's own lr / finetune_epochs (finetune_overrides), then the fields given here, which win
+    p = task_profile(p, task).replace(**{k: v for k, v in overrides.items() if k not in RUN_OPTIONS})
     ft = _finetune_options(p, init, options)
     _check_options(task, **ft)
     init_key = init if init in INITS else {"path": str(Path(init).resolve()), "sha256": sha256_file(init)}
     # the key: the profile (every hyperparameter lives there once), the init, the seed and the run options
-    config = dict(task=task, init=init_key, profile=result_fields(p, "3d"), seed=int(seed),
-                  options={k: v for k, v in ft.items() if k in ("mode", "grad_clip", "loss")})
+    config = _run_config(task, init_key, p, seed, ft)
     run_dir = Path(run_dir) if run_dir is not None else cache_dir(config, "runs")
     hist_path, test_path, cases_path = run_dir / "history.json", run_dir / "test_metrics.json", run_dir / "test_cases.json"
     if test_path.exists() and hist_path.exists() and cases_path.exists(): return _load_run(run_dir)
