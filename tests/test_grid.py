@@ -135,6 +135,7 @@ def _perturb(v):
     if isinstance(v, str): return v + "_x"
     if isinstance(v, tuple): return v + (v[-1] if v else 1,)
     if v is None: return 3
+    if isinstance(v, dict): return {**v, "classification": {"finetune_epochs": 3}}  # finetune_overrides: the runs here are classification
     raise AssertionError(f"no perturbation for {v!r}")
 
 

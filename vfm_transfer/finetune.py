@@ -449,7 +449,8 @@ def _load_run(run_dir: Path) -> History:
 
 def _run_config(task: str, init_key, p: Profile, seed: int, ft: Mapping) -> dict:
     "The cache key of a `run_finetune` run: the profile (every hyperparameter lives there once), the init, the seed and the run options."
-    # another task's finetune_overrides entry is left out, so giving one task its own settings retrains only that task
+    # another task's finetune_overrides entry is left out, so in this default cache giving one task its own settings
+    # retrains only that task (grid.finetune_root's folders key on the whole profile: there every field retrains the grid)
     fields = {k: v for k, v in result_fields(p, "3d").items() if k != "finetune_overrides"}
     if finetune_override(p, task): fields["finetune_override"] = finetune_override(p, task)
     return dict(task=task, init=init_key, profile=fields, seed=int(seed),
