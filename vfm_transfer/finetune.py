@@ -452,7 +452,7 @@ def _run_config(task: str, init_key, p: Profile, seed: int, ft: Mapping) -> dict
     # another task's finetune_overrides entry is left out, so in this default cache giving one task its own settings
     # retrains only that task (grid.finetune_root's folders key on the whole profile: there every field retrains the grid)
     fields = {k: v for k, v in result_fields(p, "3d").items() if k != "finetune_overrides"}
-    if finetune_override(p, task): fields["finetune_override"] = finetune_override(p, task)
+    if own := finetune_override(p, task): fields["finetune_override"] = own
     return dict(task=task, init=init_key, profile=fields, seed=int(seed),
                 options={k: v for k, v in ft.items() if k in ("mode", "grad_clip", "loss")})
 
@@ -471,9 +471,8 @@ def run_finetune(task: str, # one of data.TASKS
         raise ConfigError("init 'zero_tokens' is a control for dense tasks: a classification head would see only zeros")
     if init not in INITS and not Path(init).is_file():
         raise ConfigError(f"unknown init {init!r}; expected one of {list(INITS)} or an existing checkpoint file")
-    p, options = _split_overrides(profile, overrides)
     # the task's own lr / finetune_epochs (finetune_overrides), then the fields given here, which win
-    p = task_profile(p, task).replace(**{k: v for k, v in overrides.items() if k not in RUN_OPTIONS})
+    p, options = _split_overrides(task_profile(load_profile(profile), task), overrides)
     ft = _finetune_options(p, init, options)
     _check_options(task, **ft)
     init_key = init if init in INITS else {"path": str(Path(init).resolve()), "sha256": sha256_file(init)}
