@@ -11,6 +11,7 @@ the profile, kept outside the experiment notebooks; it changes nothing in them.
 Prints and saves benchmarks/results/classification_epochs_<profile>.json.
 Usage: python benchmarks/classification_epochs.py [--profile cpu] [--epochs 10 20] [--seeds 0 1 2] [--workers 2]
        [--run-root DIR]   (run folders are reused, so a killed benchmark resumes where it stopped)
+       [--out FILE]       (default benchmarks/results/classification_epochs_<profile>.json)
 """
 import argparse
 import json
@@ -54,6 +55,7 @@ def main():
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the profile's seeds")
     ap.add_argument("--workers", type=int, default=2, help="runs at a time, one thread each")
     ap.add_argument("--run-root", default=str(ROOT / ".bench_runs" / "classification_epochs"))
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/classification_epochs_<profile>.json")
     args = ap.parse_args()
     p = load_profile(args.profile)
     seeds = list(args.seeds if args.seeds is not None else p.seeds)
@@ -92,7 +94,7 @@ def main():
                workers=args.workers, wall_seconds=round(time.time() - t0, 1), cpu_count=os.cpu_count(),
                machine=platform.machine(), load_avg_end=list(os.getloadavg()), summary=summary, vs_scratch=vs_scratch,
                runs=[{k: v for k, v in r.items() if k not in ("label", "score")} for r in runs])
-    out = ROOT / "benchmarks" / "results" / f"classification_epochs_{args.profile}.json"
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"classification_epochs_{args.profile}.json"
     atomic_write_json(out, res)
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=1))
     print("saved", out)
