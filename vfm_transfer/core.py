@@ -151,7 +151,8 @@ PROFILES: dict[str, dict] = {
         # validation AUC rose from 0.48 to 0.88 for mae (seed 0); 200 cases were not enough (test AUC 0.54).
         # 20 epochs, not 10: at 10 the scratch ViT was still learning (test AUC +0.156 [+0.082, +0.237] from 10 to 20
         # epochs, 3 seeds x 200 cases; mae +0.055, contrastive +0.051, CIs across 0: benchmarks/classification_epochs.py),
-        # so the reference arm was under-trained. A run costs ~135 s (one thread); the other tasks keep 48 cases, lr 1e-3
+        # so the reference arm was under-trained; 30 epochs gave scratch no more (-0.046 [-0.103, +0.016] against 20).
+        # A run costs ~135 s (one thread); the other tasks keep 48 cases, lr 1e-3
         finetune_overrides={"classification": dict(n_train=400, lr=1e-4, finetune_epochs=20)})},
     # the quick look (make reproduce PROFILE=tiny in <= 10 min with the install): one seed, so its CIs are over test
     # cases only and claims across tasks (a bootstrap over seeds) are reported as undetermined; cpu is the evidence.
